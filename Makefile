@@ -1,0 +1,30 @@
+# The two Quick start commands: `make demo` (the main job) and `make test` (the suite).
+# Each creates .venv on first use. torch is installed first, pinned to the CPU build that
+# these machines carry, only when the interpreter has none; cluster users bring their own.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m parscale_law fit --published all
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m parscale_law.benchmark
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,130 @@
+"""Command line: ``python -m parscale_law fit ...`` and ``python -m parscale_law compare ...``.
+
+    python -m parscale_law fit --published pile
+    python -m parscale_law fit results.csv --dataset pile --bootstrap 1000 --holdout extrapolate-P --json fit.json
+    python -m parscale_law compare --published stack-v2-python
+
+Bad input prints one line on stderr and exits with status 2, writing no output file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .bootstrap import bootstrap
+from .compare import compare_forms
+from .fit import METHODS, fit
+from .forms import FORMS
+from .holdout import STANDARD_SPLITS, holdout
+from .published import DATASETS, load_published
+from .table import read_results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m parscale_law", description="Fit parallel scaling laws (ParScale, arXiv 2505.10475).")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    fit_cmd = commands.add_parser("fit", help="fit a law to a results table or to the paper's published losses")
+    _add_source(fit_cmd)
+    fit_cmd.add_argument("--form", default="log", choices=sorted(FORMS), help="functional form (default: the paper's log form)")
+    fit_cmd.add_argument("--method", default="fast", choices=METHODS, help="fast (default) or the paper's 300-start recipe")
+    fit_cmd.add_argument("--bootstrap", type=int, default=0, metavar="N", help="resamples for confidence intervals (e.g. 1000)")
+    fit_cmd.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    fit_cmd.add_argument("--holdout", metavar="SPEC", help=f"{' | '.join(STANDARD_SPLITS)} | 'TRAIN_QUERY:TEST_QUERY'")
+    fit_cmd.add_argument("--json", type=Path, metavar="OUT", help="write the result as JSON")
+
+    compare_cmd = commands.add_parser("compare", help="compare the built-in forms: R^2, AIC/BIC, held-out error")
+    _add_source(compare_cmd)
+    compare_cmd.add_argument("--split", default="extrapolate-P", help="held-out split for the comparison")
+
+    args = parser.parse_args(argv)
+    try:
+        table, datasets = _load(args)
+        if args.command == "fit":
+            report = {name: _fit_one(table, name, args) for name in datasets}
+            _print_fits(report)
+            if args.json:
+                payload = next(iter(report.values())) if len(report) == 1 else report
+                args.json.write_text(json.dumps(payload, indent=2, default=_json_default))
+                print(f"wrote {args.json}")
+        else:
+            for name in datasets:
+                frame = compare_forms(table, dataset=name, split=args.split).drop(columns="params")
+                print(f"\n{name or 'table'}:\n{frame.to_string(index=False, float_format=lambda v: f'{v:.6g}')}")
+    except ValueError as error:  # our InvalidTableError / UnknownNameError and friends
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_source(cmd: argparse.ArgumentParser) -> None:
+    source = cmd.add_mutually_exclusive_group(required=True)
+    source.add_argument("file", nargs="?", type=Path, help="results table (.csv or .parquet) with params, P, loss")
+    source.add_argument("--published", choices=[*DATASETS, "all"], help="the paper's published losses")
+    cmd.add_argument("--dataset", help="which data set to fit when the table holds several (default: each)")
+    cmd.add_argument("--loss-column", default="loss", help="column to fit (loss, or eval_loss)")
+
+
+def _load(args) -> tuple[pd.DataFrame, list[str | None]]:
+    table = load_published(args.published) if args.published else read_results(args.file)
+    if args.dataset:
+        return table, [args.dataset]
+    if "dataset" in table.columns and table["dataset"].nunique() > 1:
+        return table, sorted(map(str, table["dataset"].unique()))
+    return table, [None]
+
+
+def _fit_one(table: pd.DataFrame, dataset: str | None, args) -> dict:
+    result = fit(table, form=args.form, method=args.method, dataset=dataset, loss_column=args.loss_column)
+    out = {"dataset": dataset, **result.to_dict()}
+    if args.bootstrap:
+        out["bootstrap"] = bootstrap(table, n=args.bootstrap, seed=args.seed, form=args.form, dataset=dataset, loss_column=args.loss_column).to_dict()
+    if args.holdout:
+        out["holdout"] = holdout(table, split=args.holdout, form=args.form, method=args.method, dataset=dataset, loss_column=args.loss_column).to_dict()
+    return out
+
+
+def _print_fits(report: dict) -> None:
+    for name, out in report.items():
+        params = out["params"]
+        print(f"\n{name or 'table'}  ({out['form']} form, {out['method']} method, {out['n_points']} runs, {out['seconds'] * 1e3:.1f} ms)")
+        for key, value in params.items():
+            line = f"  {key:<8} {value:>14.6g}"
+            interval = _interval(out, key)
+            print(line + (f"   [{interval[0]:.6g}, {interval[1]:.6g}]" if interval else ""))
+        if out.get("A_prime") is not None:
+            print(f"  {'A^alpha':<8} {out['A_prime']:>14.6g}")
+        print(f"  R^2 {out['r2']:.4f}   RMSE {out['rmse']:.3g}   objective {out['objective']:.6g}   status {out['status']}")
+        if out["status"] != "converged":
+            print(f"  ({out['reason']})")
+        if "bootstrap" in out:
+            boot = out["bootstrap"]
+            print(f"  bootstrap: {boot['n_resamples']} resamples, {boot['level']:.0%} intervals, {boot['n_failed']} failed, {boot['seconds']:.1f} s")
+            for row in boot["intervals"]:
+                if row["name"] not in params:
+                    print(f"    {row['name']:<18} {row['estimate']:.4g}   [{row['low']:.4g}, {row['high']:.4g}]")
+        if "holdout" in out:
+            h = out["holdout"]
+            print(f"  holdout train[{h['train']}] -> test[{h['test']}]: MAPE {h['mape']:.3f}%  max |rel err| {h['max_abs_rel_error']:.4f}  R^2 {h['r2']:.4f}  NMSE {h['nmse']:.4f}  NMAE {h['nmae']:.4f}")
+
+
+def _interval(out: dict, key: str):
+    for row in out.get("bootstrap", {}).get("intervals", []):
+        if row["name"] == key:
+            return row["low"], row["high"]
+    return None
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")

@@ -1,0 +1,146 @@
+"""Extrapolation checks: fit on some runs, predict the others, score the predictions.
+
+A split is a pair of pandas query strings over the results table (``"P <= 4"`` / ``"P == 8"``) or one of
+the standard splits below. ``rollout`` fits on the k smallest sizes for growing k and predicts the rest.
+
+Scores on the held-out rows: per-point relative error, MAPE (%), R^2, NMSE = sum (y - yhat)^2 /
+sum (y - mean y)^2 and NMAE = sum |y - yhat| / sum |y - mean y| (both normalised by the held-out
+rows' own spread, so 0 is perfect and 1 is no better than predicting their mean).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .errors import InvalidTableError, UnknownNameError
+from .fit import FitResult, fit
+from .forms import Form
+
+STANDARD_SPLITS = {
+    # The paper's question: do P <= 4 runs predict P = 8?
+    "extrapolate-P": ("P <= 4", "P == 8"),
+    # Do the four smaller sizes (N < 2B) predict the two largest (N >= 2.7B)?
+    "extrapolate-N": ("params < 2e9", "params >= 2.7e9"),
+}
+
+
+@dataclass
+class HoldoutResult:
+    train: str
+    test: str
+    fit: FitResult
+    predictions: pd.DataFrame = field(repr=False)
+    metrics: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return {"train": self.train, "test": self.test, **self.metrics, "predictions": self.predictions.to_dict(orient="records")}
+
+
+def heldout_metrics(observed, predicted) -> dict[str, float]:
+    y = np.asarray(observed, dtype=float)
+    yhat = np.asarray(predicted, dtype=float)
+    relative = (yhat - y) / y
+    spread2 = np.sum((y - y.mean()) ** 2)
+    spread1 = np.sum(np.abs(y - y.mean()))
+    nmse = float(np.sum((y - yhat) ** 2) / spread2) if spread2 > 0 else float("nan")
+    return {
+        "n_test": int(len(y)),
+        "mape": float(100.0 * np.mean(np.abs(relative))),
+        "max_abs_rel_error": float(np.max(np.abs(relative))),
+        "r2": 1.0 - nmse,
+        "nmse": nmse,
+        "nmae": float(np.sum(np.abs(y - yhat)) / spread1) if spread1 > 0 else float("nan"),
+    }
+
+
+def parse_split(spec: str) -> tuple[str, str]:
+    """A standard split's name, or ``"TRAIN_QUERY:TEST_QUERY"``."""
+    if spec in STANDARD_SPLITS:
+        return STANDARD_SPLITS[spec]
+    if spec.count(":") == 1:
+        train, test = (part.strip() for part in spec.split(":"))
+        if train and test:
+            return train, test
+    raise UnknownNameError(f"unknown split {spec!r}; use one of {sorted(STANDARD_SPLITS)} or 'TRAIN_QUERY:TEST_QUERY', e.g. 'P <= 4:P == 8'")
+
+
+def _select(table: pd.DataFrame, query: str, role: str) -> pd.DataFrame:
+    try:
+        selected = table.query(query)
+    except Exception as error:  # pandas raises many types for a bad expression
+        raise InvalidTableError(f"bad {role} query {query!r}: {error}; write it over the table's columns, e.g. 'P <= 4'") from None
+    if selected.empty:
+        raise InvalidTableError(f"the {role} query {query!r} selects no rows")
+    return selected
+
+
+def holdout(
+    table: pd.DataFrame,
+    split: str | None = None,
+    train: str | None = None,
+    test: str | None = None,
+    form: str | Form = "log",
+    method: str = "fast",
+    dataset: str | None = None,
+    loss_column: str = "loss",
+) -> HoldoutResult:
+    """Fit on the ``train`` rows, predict the ``test`` rows. Give a ``split`` name or both queries."""
+    if split is not None:
+        train, test = parse_split(split)
+    if train is None or test is None:
+        raise ValueError("give split=NAME or both train= and test= queries")
+    if dataset is not None and "dataset" in table.columns:
+        table = table[table["dataset"] == dataset]
+    train_rows = _select(table, train, "train")
+    test_rows = _select(table, test, "test")
+    result = fit(train_rows, form=form, method=method, dataset=dataset, loss_column=loss_column)
+    predicted = result.predict(test_rows["params"].to_numpy(float), test_rows["P"].to_numpy(float))
+    observed = test_rows[loss_column].to_numpy(float)
+    keep = [c for c in ("dataset", "size", "params", "P") if c in test_rows.columns]
+    predictions = test_rows[keep].reset_index(drop=True).assign(
+        loss=observed, predicted=predicted, rel_error=(predicted - observed) / observed
+    )
+    return HoldoutResult(train, test, result, predictions, heldout_metrics(observed, predicted))
+
+
+def size_groups(table: pd.DataFrame) -> pd.Series:
+    """Backbone size of each row, ordered small to large: the ``size`` column when present, else
+    params grouped within 5% (ParScale's prefixes and aggregator add ~2% at P = 8)."""
+    if "size" in table.columns:
+        order = table.groupby("size")["params"].min().sort_values().index
+        return table["size"].map({name: rank for rank, name in enumerate(order)})
+    sorted_params = table["params"].sort_values()
+    rank, ranks, anchor = -1, {}, None
+    for index, value in sorted_params.items():
+        if anchor is None or value > 1.05 * anchor:
+            rank, anchor = rank + 1, value
+        ranks[index] = rank
+    return pd.Series(ranks).reindex(table.index)
+
+
+def rollout(
+    table: pd.DataFrame,
+    min_sizes: int = 3,
+    form: str | Form = "log",
+    method: str = "fast",
+    dataset: str | None = None,
+    loss_column: str = "loss",
+) -> pd.DataFrame:
+    """Fit on the k smallest sizes (k = min_sizes .. all but one) and score predictions for the rest."""
+    if dataset is not None and "dataset" in table.columns:
+        table = table[table["dataset"] == dataset]
+    groups = size_groups(table)
+    n_sizes = int(groups.max()) + 1
+    if n_sizes <= min_sizes:
+        raise InvalidTableError(f"{n_sizes} sizes in the table; a rollout from {min_sizes} needs at least {min_sizes + 1}")
+    rows = []
+    for k in range(min_sizes, n_sizes):
+        train_rows, test_rows = table[groups < k], table[groups >= k]
+        result = fit(train_rows, form=form, method=method, dataset=dataset, loss_column=loss_column)
+        predicted = result.predict(test_rows["params"].to_numpy(float), test_rows["P"].to_numpy(float))
+        metrics = heldout_metrics(test_rows[loss_column].to_numpy(float), predicted)
+        rows.append({"train_sizes": k, "largest_train_params": float(train_rows["params"].max()), **result.params, **metrics})
+    return pd.DataFrame(rows)

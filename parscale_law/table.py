@@ -1,0 +1,141 @@
+"""The results table: the one contract between sweeps (which write it) and the fitter (which reads it).
+
+One row per training run (a "cell" of a sweep):
+
+==========  ========  ==============================================================================
+column      required  meaning
+==========  ========  ==============================================================================
+dataset     yes*      data set name, e.g. ``pile`` or ``stack-v2-python`` (*optional when one data set)
+size        yes*      backbone size label, e.g. ``0.5B`` (*optional for the fit itself)
+params      yes       non-embedding parameter count N, ParScale prefixes and aggregator included
+P           yes       number of parallel streams (>= 1; need not be a power of two)
+loss        yes       final (smoothed) training loss, the quantity the paper fits
+tokens      no        training tokens seen
+run_id      no        unique id of the run (stable across requeues)
+seed        no        random seed; runs that differ only in seed are replicates, not duplicates
+eval_loss   no        final held-out loss (fit it with ``loss_column="eval_loss"``)
+status      no        ``done`` / ``running`` / ``failed``; only ``done`` rows (or rows without status) are fitted
+==========  ========  ==============================================================================
+
+CSV and Parquet are both read (by extension). ``prepare`` turns a table into the arrays the fitter
+uses, and refuses bad input with an :class:`InvalidTableError` that names the offending rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import InvalidTableError
+
+REQUIRED_COLUMNS = ("params", "P", "loss")
+RESULT_COLUMNS = ("dataset", "size", "params", "P", "loss", "tokens", "run_id", "seed", "eval_loss", "status")
+DONE_STATUS = "done"
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    """Read a results table from CSV or Parquet (chosen by the file's extension)."""
+    path = Path(path)
+    if not path.exists():
+        raise InvalidTableError(f"{path}: no such file; pass a CSV or Parquet results table")
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return pd.read_parquet(path)
+    if suffix in (".csv", ".txt"):
+        return pd.read_csv(path)
+    raise InvalidTableError(f"{path}: unknown extension {suffix!r}; use .csv or .parquet")
+
+
+def write_results(table: pd.DataFrame, path: str | Path) -> None:
+    """Write a results table as CSV or Parquet (by extension), columns in the documented order."""
+    path = Path(path)
+    ordered = [c for c in RESULT_COLUMNS if c in table.columns] + [c for c in table.columns if c not in RESULT_COLUMNS]
+    table = table[ordered]
+    if path.suffix.lower() in (".parquet", ".pq"):
+        table.to_parquet(path, index=False)
+    else:
+        table.to_csv(path, index=False)
+
+
+@dataclass(frozen=True)
+class FitData:
+    """The rows a fit uses, as arrays, plus the cleaned table they came from."""
+
+    N: np.ndarray
+    P: np.ndarray
+    loss: np.ndarray
+    rows: pd.DataFrame
+
+
+def _rows_text(table: pd.DataFrame, mask: np.ndarray, limit: int = 5) -> str:
+    labels = [str(i) for i in table.index[mask][:limit]]
+    more = int(mask.sum()) - len(labels)
+    return ", ".join(labels) + (f" (+{more} more)" if more > 0 else "")
+
+
+def prepare(
+    table: pd.DataFrame,
+    dataset: str | None = None,
+    loss_column: str = "loss",
+    min_rows: int = 1,
+    need_several_N: bool = True,
+    need_several_P: bool = True,
+) -> FitData:
+    """Validate a results table and return the arrays to fit.
+
+    ``min_rows`` is the number of rows the form needs (its parameter count + 1). Rows are named by
+    their index in the table passed in.
+    """
+    if not isinstance(table, pd.DataFrame):
+        raise InvalidTableError(f"expected a pandas DataFrame, got {type(table).__name__}; read files with read_results()")
+    required = ("params", "P", loss_column)
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise InvalidTableError(
+            f"missing column(s) {missing}; the table has {list(table.columns)}. "
+            "A results table needs params (non-embedding N), P and loss"
+        )
+    if "dataset" in table.columns:
+        names = sorted(map(str, table["dataset"].dropna().unique()))
+        if dataset is not None:
+            if dataset not in names:
+                raise InvalidTableError(f"no rows for dataset {dataset!r}; the table has {names}")
+            table = table[table["dataset"].astype(str) == dataset]
+        elif len(names) > 1:
+            raise InvalidTableError(f"the table holds several data sets {names}; choose one with dataset=NAME (--dataset NAME)")
+    elif dataset is not None:
+        raise InvalidTableError(f"dataset={dataset!r} given but the table has no 'dataset' column; drop the option")
+    if "status" in table.columns:
+        table = table[table["status"].isna() | (table["status"].astype(str) == DONE_STATUS)]
+
+    values = {}
+    for column in required:
+        numeric = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=float)
+        bad = ~np.isfinite(numeric) | (numeric <= 0)
+        if bad.any():
+            raise InvalidTableError(
+                f"column {column!r} must be finite and positive; rows {_rows_text(table, bad)} are not. "
+                "Drop or fix those runs"
+            )
+        values[column] = numeric
+    below_one = values["P"] < 1
+    if below_one.any():
+        raise InvalidTableError(f"P must be >= 1 (a count of streams); rows {_rows_text(table, below_one)} are not")
+
+    key = [c for c in ("dataset", "params", "P", "seed") if c in table.columns]
+    duplicated = table.duplicated(subset=key, keep=False).to_numpy()
+    if duplicated.any():
+        raise InvalidTableError(
+            f"rows {_rows_text(table, duplicated)} repeat the same (params, P{', seed' if 'seed' in key else ''}); "
+            "drop the duplicates, or give replicates distinct seeds in a 'seed' column"
+        )
+    if len(table) < min_rows:
+        raise InvalidTableError(f"{len(table)} usable rows but the form needs at least {min_rows} (its parameters + 1); add runs")
+    if need_several_N and np.unique(values["params"]).size < 2:
+        raise InvalidTableError("all rows have the same params; the law needs runs at two or more model sizes")
+    if need_several_P and np.unique(values["P"]).size < 2:
+        raise InvalidTableError("all rows have the same P; fitting the P effect needs runs at two or more P values")
+    return FitData(N=values["params"], P=values["P"], loss=values[loss_column], rows=table.copy())

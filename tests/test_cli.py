@@ -1,0 +1,76 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from parscale_law import PAPER_FITS, compare_forms, load_published
+from parscale_law.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "parscale_law", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_fit_published_prints_both_tables():
+    done = run_cli("fit", "--published", "all")
+    assert done.returncode == 0, done.stderr
+    for name in PAPER_FITS:
+        assert name in done.stdout
+    assert "0.3345" in done.stdout or "0.334442" in done.stdout
+
+
+def test_fit_file_with_json_bootstrap_and_holdout(tmp_path, capsys):
+    table = tmp_path / "runs.parquet"
+    load_published("all").to_parquet(table)
+    out = tmp_path / "fit.json"
+    assert main(["fit", str(table), "--dataset", "stack-v2-python", "--bootstrap", "50", "--holdout", "extrapolate-P", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    for key in ("E", "A", "alpha", "k", "objective", "r2"):
+        assert isinstance(data[key], float)
+    assert data["A"] == pytest.approx(PAPER_FITS["stack-v2-python"]["A"], rel=1e-3)
+    assert data["holdout"]["mape"] < 1.0
+    assert {row["name"] for row in data["bootstrap"]["intervals"]} >= {"k", "multiplier@P=8"}
+    assert "bootstrap: 50 resamples" in capsys.readouterr().out
+
+
+def test_csv_input_and_paper_method(tmp_path):
+    table = tmp_path / "pile.csv"
+    load_published("pile")[["params", "P", "loss"]].to_csv(table, index=False)
+    out = tmp_path / "fit.json"
+    assert main(["fit", str(table), "--method", "paper", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["method"] == "paper"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("params,P,loss\n1e8,1,3.0\n", "needs at least 5"),
+        ("params,P\n1e8,1\n", "missing column"),
+        ("params,P,loss\n1e8,0.5,3.0\n2e8,1,2.9\n3e8,2,2.8\n4e8,4,2.7\n5e8,8,2.6\n", "P must be >= 1"),
+    ],
+)
+def test_bad_input_is_one_line_and_no_output_file(tmp_path, content, message):
+    table = tmp_path / "bad.csv"
+    table.write_text(content)
+    out = tmp_path / "fit.json"
+    done = run_cli("fit", str(table), "--json", str(out))
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and message in done.stderr and done.stderr.startswith("error:")
+    assert not out.exists()
+
+
+def test_unknown_file_and_split_are_one_line_errors(tmp_path):
+    assert run_cli("fit", str(tmp_path / "none.csv")).stderr.startswith("error: ")
+    done = run_cli("fit", "--published", "pile", "--holdout", "sideways")
+    assert done.returncode == 2 and "unknown split" in done.stderr
+
+
+def test_compare_forms_prefers_the_papers_log_form():
+    frame = compare_forms(load_published("pile"))
+    assert list(frame["form"]) == ["log", "rho", "power"]
+    best = frame.sort_values("aic").iloc[0]
+    assert best["form"] == "log" and best["delta_aic"] == 0
+    assert (frame["heldout_mape[extrapolate-P]"] < 1.0).all()
+    done = run_cli("compare", "--published", "stack-v2-python")
+    assert done.returncode == 0 and "power" in done.stdout

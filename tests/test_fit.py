@@ -1,0 +1,183 @@
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from parscale_law import (
+    FORMS,
+    PAPER_FITS,
+    FitResult,
+    InvalidTableError,
+    ParScaleLaw,
+    UnknownNameError,
+    custom_form,
+    fit,
+    load_published,
+)
+
+TRUE = ParScaleLaw(E=1.5, A=4e7, alpha=0.22, k=0.45)
+
+
+@pytest.fixture(scope="module")
+def published_fits():
+    return {(ds, m): fit(load_published(ds), method=m) for ds in PAPER_FITS for m in ("fast", "paper")}
+
+
+@pytest.mark.parametrize("dataset", sorted(PAPER_FITS))
+@pytest.mark.parametrize("method", ["fast", "paper"])
+def test_reproduces_papers_figure_2(published_fits, dataset, method):
+    result = published_fits[(dataset, method)]
+    expected = PAPER_FITS[dataset]
+    for name in ("E", "A", "alpha", "k"):
+        assert result.params[name] == pytest.approx(expected[name], rel=1e-3), name
+    assert round(result.r2, 4) == expected["r2"]
+    assert result.status == "converged"
+    assert result.A_prime == pytest.approx(result.params["A"] ** result.params["alpha"])
+
+
+@pytest.mark.parametrize("dataset", sorted(PAPER_FITS))
+def test_fast_objective_no_worse_than_paper(published_fits, dataset):
+    assert published_fits[(dataset, "fast")].objective <= published_fits[(dataset, "paper")].objective + 1e-9
+
+
+def test_published_tables():
+    assert len(load_published("all")) == 48
+    table = load_published("pile")
+    assert len(table) == 24 and set(table["P"]) == {1, 2, 4, 8}
+    with pytest.raises(UnknownNameError, match="stack-v2-python"):
+        load_published("c4")
+
+
+@pytest.mark.parametrize(
+    "N, P",
+    [
+        (np.geomspace(5e7, 3e9, 6), [1, 2, 4, 8]),
+        (np.geomspace(1e7, 1e10, 5), [1, 3, 5, 16]),  # non-powers of two, P up to 16
+        (np.geomspace(2e8, 8e8, 4), [1, 2, 6]),
+    ],
+)
+def test_recovers_known_parameters_without_noise(make_synthetic, N, P):
+    result = fit(make_synthetic(TRUE, N, P))
+    assert result.status == "converged"
+    for name in ("E", "A", "alpha", "k"):
+        assert result.params[name] == pytest.approx(getattr(TRUE, name), rel=1e-4), name
+
+
+def test_recovers_known_parameters_with_noise(make_synthetic):
+    errors = []
+    for seed in range(5):
+        table = make_synthetic(TRUE, np.geomspace(5e7, 5e9, 6), [1, 2, 3, 4, 8, 16], sigma=0.002, seed=seed)
+        result = fit(table)
+        assert result.status == "converged"
+        errors.append(result.params["k"] / TRUE.k - 1)
+        # The law itself (what users extrapolate) is pinned down far better than each parameter.
+        N, P = np.meshgrid(np.geomspace(5e7, 5e9, 4), [1.0, 8.0])
+        assert result.predict(N, P) == pytest.approx(TRUE.predict(N, P), rel=3e-3)
+    assert np.max(np.abs(errors)) < 0.15
+
+
+@pytest.mark.parametrize("form, truth", [("rho", {"E": 1.2, "A": 3e7, "alpha": 0.3, "rho": 0.35}), ("power", {"E": 1.2, "A": 3e7, "alpha": 0.3, "beta": 0.12})])
+def test_alternative_forms_recover_their_parameters(form, truth):
+    N, P = np.meshgrid(np.geomspace(5e7, 5e9, 6), [1.0, 2.0, 4.0, 8.0], indexing="ij")
+    loss = FORMS[form].predict(truth, N.ravel(), P.ravel())
+    result = fit(pd.DataFrame({"params": N.ravel(), "P": P.ravel(), "loss": loss}), form=form)
+    for name, value in truth.items():
+        assert result.params[name] == pytest.approx(value, rel=1e-4), name
+
+
+def test_custom_form_fits_user_function(make_synthetic):
+    table = make_synthetic(TRUE, np.geomspace(5e7, 5e9, 6), [1, 2, 4, 8])
+    form = custom_form(
+        "log-by-hand",
+        lambda N, P, E, A, alpha, k: (A / (N * (k * np.log(P) + 1))) ** alpha + E,
+        bounds={"E": (0, np.inf), "A": (0, np.inf), "alpha": (1e-8, 3), "k": (0, 10)},
+        starts={"E": (0.5, 2.0), "A": (1e6, 1e9), "alpha": (0.1, 0.5), "k": (0.1, 1.0)},
+        scale={"A": 1e9},
+    )
+    result = fit(table, form=form)
+    assert result.status == "converged"
+    assert result.params["k"] == pytest.approx(TRUE.k, rel=1e-3)
+    assert result.predict([1e9], [4]) == pytest.approx(TRUE.predict(1e9, 4), rel=1e-6)
+
+
+def test_flat_P_gives_k_at_zero_bound(make_synthetic):
+    flat = ParScaleLaw(E=1.5, A=4e7, alpha=0.22, k=0.0)
+    result = fit(make_synthetic(flat, np.geomspace(5e7, 5e9, 6), [1, 2, 4, 8]))
+    assert result.params["k"] == pytest.approx(0.0, abs=1e-6)
+    assert result.status == "at_bound" and "k=" in result.reason
+
+
+def test_json_round_trip(tmp_path, published_fits):
+    result = published_fits[("pile", "fast")]
+    path = tmp_path / "fit.json"
+    result.to_json(path)
+    data = json.loads(path.read_text())
+    assert {"E", "A", "alpha", "k", "objective", "r2", "A_prime", "status"} <= set(data)
+    again = FitResult.from_json(path)
+    assert again.params == result.params and again.objective == result.objective and again.status == result.status
+    pd.testing.assert_frame_equal(again.residuals, result.residuals)
+    assert FitResult.from_json(result.to_json()).aic == pytest.approx(result.aic)
+
+
+def _table():
+    return load_published("pile")
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda t: t.drop(columns=["loss"]), "missing column"),
+        (lambda t: t.assign(loss=t["loss"].where(t.index != 3, np.nan)), r"rows 3 are not"),
+        (lambda t: t.assign(loss=t["loss"].where(t.index != 5, -1.0)), r"rows 5 are not"),
+        (lambda t: t.assign(params=t["params"].where(t.index != 7, 0)), r"'params'.*rows 7"),
+        (lambda t: t.assign(P=t["P"].where(t.index != 2, 0.5)), r"P must be >= 1.*rows 2"),
+        (lambda t: pd.concat([t, t.iloc[[4]]]), r"repeat the same"),
+        (lambda t: t.iloc[:4], r"needs at least 5"),
+        (lambda t: t[t["P"] == 1].assign(params=1e9, P=[1, 2, 3, 4, 5, 6]), r"same params"),
+        (lambda t: t[t["P"] == 1], r"same P"),
+        (lambda t: t.assign(loss=t["loss"].astype(str).where(t.index != 1, "oops")), r"rows 1 are not"),
+    ],
+)
+def test_bad_input_is_refused_with_the_rows_named(mutate, message):
+    with pytest.raises(InvalidTableError, match=message):
+        fit(mutate(_table()))
+
+
+def test_several_datasets_need_a_choice():
+    with pytest.raises(InvalidTableError, match="several data sets"):
+        fit(load_published("all"))
+    assert fit(load_published("all"), dataset="pile").n_points == 24
+
+
+def test_unknown_names_are_refused():
+    with pytest.raises(UnknownNameError, match="unknown form"):
+        fit(_table(), form="cubic")
+    with pytest.raises(UnknownNameError, match="unknown method"):
+        fit(_table(), method="adam")
+    assert issubclass(InvalidTableError, ValueError) and issubclass(UnknownNameError, ValueError)
+
+
+def test_replicate_seeds_are_not_duplicates():
+    table = _table()
+    replicated = pd.concat([table.assign(seed=0), table.assign(seed=1, loss=table["loss"] * 1.001)], ignore_index=True)
+    assert fit(replicated).n_points == 48
+
+
+def test_unfinished_runs_are_skipped():
+    table = _table().copy()
+    table.loc[0, "status"] = "failed"
+    table.loc[0, "loss"] = np.nan
+    assert fit(table).n_points == 23
+
+
+def test_no_runtime_warnings_leak_on_hard_data(make_synthetic):
+    # Nearly flat losses push alpha towards its bound, where A**(1/alpha) would overflow.
+    table = make_synthetic(ParScaleLaw(E=2.0, A=1e3, alpha=0.02, k=0.1), np.geomspace(1e6, 1e10, 5), [1, 2, 4], sigma=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = fit(table)
+    assert result.status in ("converged", "at_bound", "failed")
+    if result.status != "failed":
+        assert all(np.isfinite(list(result.params.values())))
