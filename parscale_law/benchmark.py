@@ -18,8 +18,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each method (median reported)")
     parser.add_argument("--resamples", type=int, default=1000)
     args = parser.parse_args(argv)
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    pinned = hasattr(os, "sched_setaffinity")
+    if pinned:
+        cores = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(cores)})
+    try:
+        _run(args)
+    finally:
+        if pinned:
+            os.sched_setaffinity(0, cores)
+
+
+def _run(args) -> None:
     print(f"{'data set':<16} {'paper s':>9} {'fast ms':>9} {'speed-up':>9} {'paper objective':>17} {'fast objective':>17} {'fast <= paper':>14}")
     for name in DATASETS:
         table = load_published(name)

@@ -74,3 +74,13 @@ def test_compare_forms_prefers_the_papers_log_form():
     assert (frame["heldout_mape[extrapolate-P]"] < 1.0).all()
     done = run_cli("compare", "--published", "stack-v2-python")
     assert done.returncode == 0 and "power" in done.stdout
+
+
+def test_benchmark_command_reports_speed_up_and_objectives(capsys):
+    from parscale_law.benchmark import main as benchmark
+
+    benchmark(["--repeats", "1", "--resamples", "10"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("stack-v2-python", "pile"))]
+    assert len(rows) == 2 and all(line.rstrip().endswith("True") for line in rows)
+    assert out.count("10 resamples") == 2
