@@ -81,7 +81,9 @@ class FitResult:
     def A_prime(self) -> float | None:
         """A**alpha: the other convention for the scale, A' / (N (k ln P + 1))**alpha + E."""
         if "A" in self.params and "alpha" in self.params:
-            return self.params["A"] ** self.params["alpha"]
+            # numpy's power gives inf, not OverflowError, for the extreme A of a degenerate resample.
+            with np.errstate(over="ignore"):
+                return float(np.power(self.params["A"], self.params["alpha"]))
         return None
 
     @property

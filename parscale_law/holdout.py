@@ -18,6 +18,7 @@ import pandas as pd
 from .errors import InvalidTableError, UnknownNameError
 from .fit import FitResult, fit
 from .forms import Form
+from .table import finished_runs
 
 STANDARD_SPLITS = {
     # The paper's question: do P <= 4 runs predict P = 8?
@@ -92,6 +93,7 @@ def holdout(
         train, test = parse_split(split)
     if train is None or test is None:
         raise ValueError("give split=NAME or both train= and test= queries")
+    table = finished_runs(table)
     if dataset is not None and "dataset" in table.columns:
         table = table[table["dataset"] == dataset]
     train_rows = _select(table, train, "train")
@@ -130,6 +132,7 @@ def rollout(
     loss_column: str = "loss",
 ) -> pd.DataFrame:
     """Fit on the k smallest sizes (k = min_sizes .. all but one) and score predictions for the rest."""
+    table = finished_runs(table)
     if dataset is not None and "dataset" in table.columns:
         table = table[table["dataset"] == dataset]
     groups = size_groups(table)

@@ -60,6 +60,13 @@ def write_results(table: pd.DataFrame, path: str | Path) -> None:
         table.to_csv(path, index=False)
 
 
+def finished_runs(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows to fit: those with status ``done``, or all rows when the table has no status column."""
+    if "status" not in table.columns:
+        return table
+    return table[table["status"].isna() | (table["status"].astype(str) == DONE_STATUS)]
+
+
 @dataclass(frozen=True)
 class FitData:
     """The rows a fit uses, as arrays, plus the cleaned table they came from."""
@@ -108,8 +115,7 @@ def prepare(
             raise InvalidTableError(f"the table holds several data sets {names}; choose one with dataset=NAME (--dataset NAME)")
     elif dataset is not None:
         raise InvalidTableError(f"dataset={dataset!r} given but the table has no 'dataset' column; drop the option")
-    if "status" in table.columns:
-        table = table[table["status"].isna() | (table["status"].astype(str) == DONE_STATUS)]
+    table = finished_runs(table)
 
     values = {}
     for column in required:

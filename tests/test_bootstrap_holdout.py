@@ -102,3 +102,13 @@ def test_heldout_metrics_definitions():
     assert perfect["mape"] == 0 and perfect["r2"] == 1 and perfect["nmse"] == 0 and perfect["nmae"] == 0
     mean_only = heldout_metrics(y, np.full(3, 2.0))
     assert mean_only["nmse"] == pytest.approx(1.0) and mean_only["nmae"] == pytest.approx(1.0)
+
+
+def test_unfinished_runs_are_left_out_of_holdout_and_rollout():
+    table = load_published("pile").copy()
+    table.loc[table["P"] == 8, "status"] = "failed"
+    table.loc[(table["P"] == 8) & (table["size"] == "4.4B"), "loss"] = np.nan
+    assert holdout(table, train="P <= 2", test="P == 4").metrics["n_test"] == 6
+    assert np.isfinite(rollout(table, min_sizes=4)["mape"]).all()
+    with pytest.raises(InvalidTableError, match="selects no rows"):
+        holdout(table, split="extrapolate-P")

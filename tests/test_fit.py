@@ -181,3 +181,12 @@ def test_no_runtime_warnings_leak_on_hard_data(make_synthetic):
     assert result.status in ("converged", "at_bound", "failed")
     if result.status != "failed":
         assert all(np.isfinite(list(result.params.values())))
+
+
+def test_extreme_scale_gives_infinite_A_prime_not_an_error():
+    from parscale_law import FitResult
+
+    result = FitResult("log", "fast", {"E": 1.0, "A": 1e300, "alpha": 2.0, "k": 0.1}, 0.0, 1.0, 0.0, "converged", "", 6, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert result.A_prime == np.inf
