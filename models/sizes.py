@@ -1,7 +1,8 @@
 """The paper's model sizes (Chen et al. 2025, "Parallel Scaling Law for Language Models",
 arXiv 2505.10475, Section 3 and Appendix): one Qwen2-style backbone shape shared by all six
-sizes, which differ only in width. Pure data, no torch, so that the fitter and the cost model
-can read it without importing the model."""
+sizes, which differ only in width. Plain data: the model presets, the cost model and the sweep
+configs all read their shapes from here (importing it through the `models` package still loads
+transformers, which the package registers the model with)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,73 @@
+"""generate() with the KV cache: it must agree token for token with decoding without a cache (which
+recomputes every stream and its prefix from scratch), also for left-padded batches, sampling and beam
+search, where the cache's P * B rows are reordered."""
+
+import pytest
+import torch
+
+from models import Qwen2ParScaleForCausalLM, parscale_config
+
+
+@pytest.fixture(scope="module", params=[1, 3], ids=lambda p: f"P{p}")
+def model_tiny(request):
+    torch.manual_seed(0)
+    # Large init so that greedy decoding does not settle on one repeated token.
+    config = parscale_config("tiny-96", request.param, parscale_n_tokens=5, initializer_range=0.15)
+    return Qwen2ParScaleForCausalLM(config).eval()
+
+
+def left_padded_batch(model, prompts):
+    width = max(len(prompt) for prompt in prompts)
+    pad = model.config.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return input_ids, attention_mask
+
+
+def generate(model, input_ids, **kwargs):
+    settings = {"max_new_tokens": 12, "pad_token_id": model.config.pad_token_id, "eos_token_id": None}
+    with torch.no_grad():
+        return model.generate(input_ids, **settings, **kwargs)[:, input_ids.shape[1] :]
+
+
+def test_cached_greedy_equals_uncached(model_tiny):
+    input_ids = torch.randint(0, 256, (2, 7))
+    cached = generate(model_tiny, input_ids, do_sample=False)
+    assert torch.equal(cached, generate(model_tiny, input_ids, do_sample=False, use_cache=False))
+    assert len(set(cached[0].tolist())) > 2  # a decoding that actually varies
+
+
+def test_left_padded_rows_decode_as_if_alone(model_tiny):
+    prompts = [[5, 17, 200], [9, 33, 41, 120, 7, 64, 2]]
+    input_ids, attention_mask = left_padded_batch(model_tiny, prompts)
+    cached = generate(model_tiny, input_ids, attention_mask=attention_mask, do_sample=False)
+    uncached = generate(model_tiny, input_ids, attention_mask=attention_mask, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    for row, prompt in enumerate(prompts):
+        assert torch.equal(cached[row], generate(model_tiny, torch.tensor([prompt]), do_sample=False)[0])
+
+
+def test_cached_sampling_equals_uncached(model_tiny):
+    input_ids, attention_mask = left_padded_batch(model_tiny, [[1, 2, 3, 4], [100, 101]])
+    samples = []
+    for use_cache in (True, False):
+        torch.manual_seed(7)
+        samples.append(
+            generate(model_tiny, input_ids, attention_mask=attention_mask, do_sample=True, use_cache=use_cache)
+        )
+    assert torch.equal(samples[0], samples[1])
+
+
+def test_beam_search_with_reordered_cache_equals_uncached(model_tiny):
+    input_ids, attention_mask = left_padded_batch(model_tiny, [[3, 1, 4, 1, 5], [9, 2, 6]])
+    settings = {"attention_mask": attention_mask, "num_beams": 3, "do_sample": False, "num_return_sequences": 2}
+    cached = generate(model_tiny, input_ids, **settings)
+    assert cached.shape == (4, 12)
+    assert torch.equal(cached, generate(model_tiny, input_ids, **settings, use_cache=False))
+
+
+def test_static_cache_is_refused_with_the_alternative():
+    torch.manual_seed(1)
+    model = Qwen2ParScaleForCausalLM(parscale_config("tiny-96", 2, parscale_n_tokens=5)).eval()
+    with pytest.raises(ValueError, match="dynamic cache"):
+        generate(model, torch.randint(0, 256, (1, 4)), cache_implementation="static")
