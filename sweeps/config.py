@@ -1,0 +1,258 @@
+"""The typed configuration of one training run (one cell of a sweep).
+
+conf/config.yaml composes it from the groups conf/model (the backbone, owned by `models`), conf/data and
+conf/optim plus run-level keys; `load_config(["model=tiny-128", "parscale_n=2", "run_dir=..."])` does the
+same composition from Python. Either way the result is merged onto the dataclasses below, so a misspelt
+key or a wrong type fails at once, and `check` refuses values that cannot train, each with a one-line
+`ConfigError` saying what to change."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+DATA_SOURCES = ("hub", "stdlib-code", "stdlib-prose")
+LOCAL_BUILDERS = ("json", "text", "csv", "parquet", "arrow")  # datasets builders that read data_files
+SCHEDULES = ("cosine", "wsd", "constant")
+PRECISIONS = ("fp32", "bf16")
+STRATEGIES = ("auto", "ddp", "fsdp")
+WANDB_MODES = ("offline", "online", "disabled")
+
+# Keys a restarted run may change without becoming a different run: where and how often it reports, and how
+# the same computation is laid out on the hardware. Everything else defines the run (see `identity`).
+RESUMABLE_CHANGES = (
+    "run_dir",
+    "wandb",
+    "log_interval",
+    "eval_interval",
+    "checkpoint_interval",
+    "strategy",
+    "fsdp_min_params",
+    "activation_checkpointing",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot train. The message is one line that says what to change."""
+
+
+@dataclass
+class DataConfig:
+    name: str  # the `dataset` column of the results table, e.g. "pile"
+    source: str  # one of DATA_SOURCES
+    path: Optional[str] = None  # hub: a `datasets.load_dataset` path (hub name, or "json"/"text" for local files)
+    config_name: Optional[str] = None
+    data_dir: Optional[str] = None
+    data_files: Any = None
+    train_split: str = "train"
+    eval_split: Optional[str] = None  # None: hold out `holdout_fraction` of train_split by document hash
+    holdout_fraction: float = 0.01
+    text_field: str = "text"
+    tokenizer: str = "bytes"  # "bytes" (the tiny models' vocabulary) or an AutoTokenizer name or directory
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3  # peak learning rate, unless lr_by_size names the model's size
+    lr_by_size: Dict[str, float] = field(default_factory=dict)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    schedule: str = "cosine"  # one of SCHEDULES
+    warmup_fraction: float = 0.05  # of all steps, linear from 0
+    decay_fraction: float = 0.2  # wsd only: the final fraction of steps decays linearly to min_lr_ratio
+    min_lr_ratio: float = 0.1  # final learning rate / peak
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # one of WANDB_MODES
+    project: str = "parscale"
+    group: Optional[str] = None  # the grid
+    name: Optional[str] = None  # the cell
+    init_timeout_s: float = 60.0
+
+
+@dataclass
+class TrainConfig:
+    model: Dict[str, Any]  # a conf/model/*.yaml mapping (see models.config_from_mapping)
+    data: DataConfig
+    run_dir: str  # everything is written here; a restart resumes from the checkpoint here
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    parscale_n: int = 1  # P, the number of parallel streams
+    seed: int = 0
+    tokens: int = 1_228_800  # training budget; steps = tokens // (global_batch_size * seq_len)
+    seq_len: int = 128
+    global_batch_size: int = 16  # sequences per optimiser step, all processes together
+    micro_batch_size: int = 16  # sequences per forward pass of one process
+    eval_interval: int = 100  # steps; the last step is always evaluated
+    eval_sequences: int = 64
+    log_interval: int = 20
+    checkpoint_interval: int = 100
+    loss_smoothing: float = 0.95  # EMA factor of the smoothed training loss (the `loss` of the results table)
+    precision: str = "fp32"  # one of PRECISIONS; bf16 is autocast, weights and optimiser stay fp32
+    strategy: str = "auto"  # one of STRATEGIES; auto: ddp below fsdp_min_params total parameters, else fsdp
+    fsdp_min_params: float = 1e9
+    activation_checkpointing: bool = False
+    init_from: Optional[str] = None  # two-stage: a finished P = 1 run dir or a Qwen2 checkpoint dir
+    freeze_backbone: bool = False  # two-stage: train only the prefixes and the aggregator
+
+    @property
+    def size(self) -> str:
+        return str(self.model["name"])
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch_size * self.seq_len
+
+    @property
+    def total_steps(self) -> int:
+        return self.tokens // self.tokens_per_step
+
+    @property
+    def peak_lr(self) -> float:
+        return self.optim.lr_by_size.get(self.size, self.optim.lr)
+
+
+def from_mapping(mapping) -> TrainConfig:
+    """A TrainConfig from a (resolved or not) mapping such as Hydra's cfg; unknown keys and bad types fail."""
+    mapping = mapping if OmegaConf.is_config(mapping) else OmegaConf.create(mapping)
+    missing = sorted(OmegaConf.missing_keys(mapping))  # a merge would silently replace "???" by the default
+    if missing:
+        raise ConfigError(f"{missing[0]} is required (it is ??? in conf/); set it, e.g. {missing[0]}=...")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), mapping)
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        raise ConfigError(_one_line(error)) from None
+    check(config)
+    return config
+
+
+def load_config(overrides: List[str] = ()) -> TrainConfig:
+    """The config that `python -m sweeps.train OVERRIDES` would run, for notebooks and tests. `run_dir=PATH`
+    is required here (the app takes it from Hydra's run dir)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    check_group_choices(overrides)
+    if not any(item.startswith("run_dir=") for item in overrides):
+        raise ConfigError("load_config needs run_dir=PATH among the overrides (the app takes it from hydra.run.dir)")
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(overrides))
+    except HydraException as error:
+        raise ConfigError(_one_line(error)) from None
+    return from_mapping(cfg)
+
+
+def check(config: TrainConfig) -> None:
+    """Refuses, before anything is built, values that cannot train (the model's own fields are checked by
+    `models` when the model config is built)."""
+    if "name" not in config.model:
+        raise ConfigError("the model mapping has no `name`; compose it with model=<size> (conf/model/*.yaml)")
+    if config.parscale_n < 1:
+        raise ConfigError(f"parscale_n={config.parscale_n}: P must be at least 1 (1 = plain Qwen2); set parscale_n=1, 2, 4 or 8")
+    model_p = config.model.get("parscale_n", config.parscale_n)
+    if model_p != config.parscale_n:
+        raise ConfigError(
+            f"model.parscale_n={model_p} but parscale_n={config.parscale_n}: set P once, with parscale_n={model_p}"
+        )
+    if config.data.source not in DATA_SOURCES:
+        raise ConfigError(f"data.source={config.data.source!r} is unknown; use one of {', '.join(DATA_SOURCES)}")
+    if config.data.source == "hub" and not config.data.path:
+        raise ConfigError(f"data={config.data.name} has source hub but no path; set data.path to a hub name or json/text")
+    if config.data.source == "hub" and config.data.path in LOCAL_BUILDERS and not config.data.data_files:
+        raise ConfigError(f"data.path={config.data.path} reads local files: set data.data_files='[a.{config.data.path},...]'")
+    if config.data.source != "hub" and config.data.eval_split:
+        raise ConfigError(f"data.eval_split applies to hub data only; {config.data.source} holds out by hash (holdout_fraction)")
+    if config.data.eval_split is None and not 0 < config.data.holdout_fraction < 1:
+        raise ConfigError(f"data.holdout_fraction={config.data.holdout_fraction} must lie in (0, 1) when data.eval_split is null")
+    for key in ("seq_len", "global_batch_size", "micro_batch_size", "eval_sequences", "eval_interval",
+                "log_interval", "checkpoint_interval"):
+        if getattr(config, key) < 1:
+            raise ConfigError(f"{key}={getattr(config, key)} must be at least 1")
+    if config.global_batch_size % config.micro_batch_size:
+        raise ConfigError(
+            f"global_batch_size={config.global_batch_size} is not a multiple of micro_batch_size="
+            f"{config.micro_batch_size}; choose a micro batch that divides it"
+        )
+    if config.total_steps < 1:
+        raise ConfigError(
+            f"tokens={config.tokens} is less than one batch (global_batch_size * seq_len = {config.tokens_per_step}); "
+            f"raise tokens to at least {config.tokens_per_step}"
+        )
+    max_positions = config.model.get("max_position_embeddings")
+    if max_positions is not None and config.seq_len > max_positions:
+        raise ConfigError(
+            f"seq_len={config.seq_len} exceeds the model's max_position_embeddings={max_positions}; lower seq_len"
+        )
+    choices = {"optim.schedule": (config.optim.schedule, SCHEDULES), "precision": (config.precision, PRECISIONS),
+               "strategy": (config.strategy, STRATEGIES), "wandb.mode": (config.wandb.mode, WANDB_MODES)}
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is unknown; use one of {', '.join(allowed)}")
+    if not 0 <= config.optim.warmup_fraction < 1 or not 0 < config.optim.decay_fraction <= 1:
+        raise ConfigError("optim.warmup_fraction must lie in [0, 1) and optim.decay_fraction in (0, 1]")
+    if not 0 <= config.loss_smoothing < 1:
+        raise ConfigError(f"loss_smoothing={config.loss_smoothing} must lie in [0, 1)")
+    if config.freeze_backbone and not config.init_from:
+        raise ConfigError("freeze_backbone=true needs init_from=<a P = 1 run dir or Qwen2 checkpoint> (stage 2 only)")
+    if config.init_from and config.parscale_n == 1:
+        raise ConfigError("init_from is two-stage training, which adds streams: set parscale_n > 1")
+
+
+def identity(config: TrainConfig) -> dict:
+    """The settings that make a run what it is: a checkpoint only resumes a run with the same identity."""
+    values = asdict(config)
+    for key in RESUMABLE_CHANGES:
+        values.pop(key)
+    return values
+
+
+def run_id(config: TrainConfig) -> str:
+    """A stable id of the cell: the same config gives the same id on every requeue (also the wandb run id)."""
+    text = json.dumps(identity(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested identity dicts."""
+    keys = sorted(set(saved) | set(current))
+    found = []
+    for key in keys:
+        left, right = saved.get(key), current.get(key)
+        if isinstance(left, dict) and isinstance(right, dict):
+            found += differences(left, right, f"{prefix}{key}.")
+        elif left != right:
+            found.append(f"{prefix}{key}: {left!r} -> {right!r}")
+    return found
+
+
+def check_group_choices(overrides) -> None:
+    """One-line errors for `group=choice` overrides naming no conf/<group>/<choice>.yaml (Hydra's own message
+    spans a dozen lines). Sweep syntax other than comma lists is left to Hydra."""
+    for item in overrides:
+        group, _, value = item.partition("=")
+        if group not in ("model", "data", "optim") or any(mark in value for mark in "()[]*"):
+            continue
+        known = sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+        for choice in value.split(","):
+            if choice not in known:
+                raise ConfigError(f"unknown {group} {choice!r}: choose one of {', '.join(known)} (conf/{group}/*.yaml)")
+
+
+def _one_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(line for line in lines if not line.startswith(("object_type", "Set the environment")))[:400]

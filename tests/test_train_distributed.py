@@ -1,0 +1,113 @@
+"""Two processes on CPU (gloo) train the same loss curve as one process that accumulates the same global
+batch: started by torchrun with DDP and with FSDP2 (fully_shard, which runs on CPU too), and started the way
+srun starts one task per GPU (SLURM_* variables only), under submitit or directly (the resume test)."""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sweeps.tracking import read_metrics
+from sweeps.train import train
+from train_helpers import REPO, child_env, tiny_config, tiny_overrides
+
+STEPS = 12
+# Global batch 8 in micro-batches of 4: one process accumulates two, two processes take one each.
+BATCH = ["global_batch_size=8", "micro_batch_size=4", "parscale_n=2", f"tokens={STEPS * 8 * 32}"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("single") / "run"
+    train(tiny_config(run_dir, STEPS, *BATCH))
+    return read_metrics(run_dir / "metrics.jsonl")
+
+
+def launch_torchrun(arguments: list[str]) -> tuple[int, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(free_port()), "-m", "sweeps.train", *arguments],
+        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def start_like_srun(arguments: list[str], submitit: bool = False) -> list[subprocess.Popen]:
+    """Two tasks with the variables srun gives each task (and, under submitit, its executor marker)."""
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2", "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0",
+             "SLURM_JOB_NODELIST": "localhost", "MASTER_PORT": str(free_port())}
+    if submitit:
+        slurm["SUBMITIT_EXECUTOR"] = "slurm"
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "sweeps.train", *arguments], cwd=REPO, text=True,
+            env=child_env(**slurm, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank)),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        for rank in range(2)
+    ]
+
+
+def wait_for(tasks: list[subprocess.Popen]) -> tuple[int, str]:
+    outputs = [task.communicate(timeout=300)[0] for task in tasks]
+    return max(task.returncode for task in tasks), "".join(outputs)
+
+
+def launch_like_submitit(arguments: list[str]) -> tuple[int, str]:
+    return wait_for(start_like_srun(arguments, submitit=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher, strategy", [(launch_torchrun, "ddp"), (launch_torchrun, "fsdp"),
+                                                (launch_like_submitit, "ddp")])
+def test_two_processes_match_one_process(tmp_path, one_process, launcher, strategy):
+    reference_rows = one_process
+    run_dir = tmp_path / "run"
+    overrides = [item for item in tiny_overrides(run_dir, STEPS, *BATCH) if not item.startswith("run_dir=")]
+    returncode, output = launcher([*overrides, f"strategy={strategy}", f"hydra.run.dir={run_dir}"])
+    assert returncode == 0, output[-4000:]
+    assert f"2 process(es) ({strategy}) x 1 micro-batch(es)" in output
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [row["step"] for row in reference_rows] == list(range(1, STEPS + 1))
+    for row, expected in zip(rows, reference_rows):
+        assert row["loss"] == pytest.approx(expected["loss"], abs=1e-5)
+        assert row.get("eval_loss", 0.0) == pytest.approx(expected.get("eval_loss", 0.0), abs=1e-5)
+    assert output.count("done:") == 1  # only rank 0 reports
+
+
+@pytest.mark.slow
+def test_fsdp_run_stopped_through_one_process_resumes_exactly(tmp_path):
+    """SIGUSR1 reaches rank 1 only: both processes agree to stop after the same step, save one checkpoint
+    (model and optimiser gathered from the shards, both processes' data positions), and the restarted
+    pair ends exactly where an uninterrupted single process does."""
+    steps = 60
+    reference = train(tiny_config(tmp_path / "reference", steps, *BATCH[:-1], f"tokens={steps * 8 * 32}"))
+    run_dir = tmp_path / "run"
+    overrides = [item for item in tiny_overrides(run_dir, steps, *BATCH[:-1], f"tokens={steps * 8 * 32}")
+                 if not item.startswith("run_dir=")]
+    arguments = [*overrides, "strategy=fsdp", "checkpoint_interval=1000", f"hydra.run.dir={run_dir}"]
+    tasks = start_like_srun(arguments)
+    metrics = run_dir / "metrics.jsonl"
+    while tasks[1].poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 20):
+        time.sleep(0.005)
+    tasks[1].send_signal(signal.SIGUSR1)
+    returncode, output = wait_for(tasks)
+    assert [task.returncode for task in tasks] == [128 + signal.SIGUSR1] * 2, output[-3000:]
+    assert (run_dir / "checkpoint.pt").exists()
+
+    returncode, output = wait_for(start_like_srun(arguments))
+    assert returncode == 0 and "resuming at step" in output, output[-3000:]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["loss"] == pytest.approx(reference["loss"], abs=1e-5)
+    assert result["eval_loss"] == pytest.approx(reference["eval_loss"], abs=1e-5)
+    assert [row["step"] for row in read_metrics(metrics)] == list(range(1, steps + 1))
