@@ -1,0 +1,1 @@
+"""Helpers for the tests that submit real jobs to SLURM; see README.md here."""
