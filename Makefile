@@ -1,4 +1,5 @@
-# The two Quick start commands: `make demo` (the main job) and `make test` (the suite).
+# The two Quick start commands: `make demo` (the main job: the tiny Pile grid, trained, fitted and
+# drawn on this machine) and `make test` (the suite).
 # Each creates .venv on first use. torch is installed first, pinned to the CPU build that
 # these machines carry, only when the interpreter has none; cluster users bring their own.
 PYTHON ?= python3
@@ -18,13 +19,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m parscale_law fit --published all
+	$(PY) -m sweeps.launch +grid=pile scale=tiny
 
 test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
 	$(PY) -m parscale_law.benchmark
+	$(PY) -m models.benchmark
+	$(PY) -m sweeps.train_benchmark
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,135 @@
+"""The cells of a sweep on disk: each cell (one training run) owns a directory under the sweep directory,
+and the sweep directory holds `sweep.json`, the manifest the launcher writes before running anything.
+
+A cell's state is read from the files the training job writes (see sweeps/train.py):
+
+    done     result.json exists (written last, atomically)
+    failed   error.txt exists (the launcher writes the exception's last line there; a restart removes it)
+    running  metrics.jsonl or checkpoint.pt exists: started and not finished (on a cluster it may also be
+             waiting in the queue after a preemption; `updated` says when it last wrote a step)
+    pending  nothing written yet
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf, open_dict
+
+from .config import TrainConfig, from_mapping
+
+MANIFEST = "sweep.json"
+ERROR_FILE = "error.txt"
+STATES = ("pending", "running", "done", "failed")
+
+
+@dataclass
+class Cell:
+    """One run of the grid: its sub-directory name and the Hydra overrides that make it."""
+
+    name: str
+    overrides: list[str]
+
+
+@dataclass
+class Manifest:
+    grid: str
+    scale: str
+    dataset: str
+    cells: list[Cell]
+    launcher: str = ""
+    created: float = field(default_factory=time.time)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def read(cls, sweep_dir: Path) -> "Manifest | None":
+        path = Path(sweep_dir) / MANIFEST
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        data["cells"] = [Cell(**cell) for cell in data["cells"]]
+        return cls(**data)
+
+
+@dataclass
+class CellState:
+    name: str
+    state: str
+    step: int | None = None
+    total_steps: int | None = None
+    loss: float | None = None
+    detail: str = ""
+    updated: float | None = None  # seconds since the epoch of the last file the run wrote
+
+
+def read_cell(cell_dir: Path) -> CellState:
+    cell_dir = Path(cell_dir)
+    name = cell_dir.name
+    result = cell_dir / "result.json"
+    if result.exists():
+        row = json.loads(result.read_text())
+        return CellState(name, "done", loss=row.get("loss"), updated=result.stat().st_mtime)
+    error = cell_dir / ERROR_FILE
+    if error.exists():
+        lines = error.read_text().strip().splitlines()
+        return CellState(name, "failed", detail=lines[-1] if lines else "", updated=error.stat().st_mtime)
+    metrics = cell_dir / "metrics.jsonl"
+    if metrics.exists() or (cell_dir / "checkpoint.pt").exists():
+        step = loss = None
+        updated = None
+        if metrics.exists():
+            updated = metrics.stat().st_mtime
+            for line in reversed(metrics.read_text().splitlines()):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                step, loss = row.get("step"), row.get("smoothed_loss", row.get("loss"))
+                break
+        return CellState(name, "running", step=step, total_steps=_total_steps(cell_dir), loss=loss, updated=updated)
+    return CellState(name, "pending")
+
+
+def _total_steps(cell_dir: Path) -> int | None:
+    config = cell_dir / "config.yaml"
+    if not config.exists():
+        return None
+    run = OmegaConf.load(config)
+    try:
+        return int(run.tokens) // (int(run.global_batch_size) * int(run.seq_len))
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def sweep_cells(sweep_dir: Path) -> list[CellState]:
+    """Every cell of a sweep: those the manifest lists (pending ones too), else every sub-directory."""
+    sweep_dir = Path(sweep_dir)
+    manifest = Manifest.read(sweep_dir)
+    if manifest is not None:
+        names = [cell.name for cell in manifest.cells]
+    else:
+        names = sorted(path.name for path in sweep_dir.iterdir() if path.is_dir() and not path.name.startswith("."))
+    return [read_cell(sweep_dir / name) for name in names]
+
+
+# Keys of the launcher's config that describe the grid rather than one run.
+SWEEP_KEYS = ("grid", "scale", "sweep")
+
+
+def cell_config(cfg, run_dir: str | Path | None = None) -> TrainConfig:
+    """The TrainConfig of one cell from the launcher's composed config (Hydra's ``hydra`` node, if present,
+    and the grid-level keys are dropped); ``run_dir`` replaces the one Hydra would set at run time."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+        if run_dir is not None:
+            cfg.run_dir = str(run_dir)
+    mapping = OmegaConf.to_container(cfg, resolve=True)
+    for key in SWEEP_KEYS:
+        mapping.pop(key, None)
+    return from_mapping(mapping)

@@ -1,0 +1,320 @@
+"""Hydra launchers for grids of training runs: SLURM through submitit, and local worker processes.
+
+Both first *plan* the sweep in the submitting process, before anything runs:
+  - every cell's config is composed and checked (an unknown size, P < 1, a bad budget fail here, with one
+    line, instead of in a job hours later);
+  - `sweep.json` (the manifest) is written, or compared with the one already there: a sweep directory made
+    by another grid or scale is refused;
+  - finished cells (result.json) are skipped, so launching the same grid again runs only what is missing;
+    unfinished ones resume from their checkpoints (the training job does that by itself).
+
+`SlurmGridLauncher` extends hydra-submitit-launcher's SLURM launcher: the grid goes out as one job array
+and, unlike the plugin, the launcher returns right after submission (set `sweep.wait=true` to wait and
+collect). A job that SLURM preempts or times out is requeued by submitit (`max_num_timeout` > 0: the
+plugin's default 0 refuses every requeue of a job shorter than ~50 minutes) and, re-run from the top, the
+cell resumes from the checkpoint its training loop saved on the warning signal.
+
+`LocalGridLauncher` runs the cells as worker processes (`python -m sweeps.run_cell`), as many at once as
+there are cores, largest first, and prints progress.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import HydraException
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .cells import MANIFEST, Cell, Manifest, cell_config, read_cell
+from .checkpoint import atomic_write_text
+from .config import ConfigError, TrainConfig, differences, identity
+
+
+JOBS_FILE = "jobs.json"
+CELL_CONFIGS = ".cells"
+
+
+class LaunchError(ValueError):
+    """A sweep that must not start; the message is one line saying what to change."""
+
+
+@dataclass
+class PlannedCell:
+    cell: Cell
+    config: TrainConfig
+    job_index: int
+
+
+def plan(config: DictConfig, hydra_context: HydraContext, job_overrides: Sequence[Sequence[str]]) -> list[PlannedCell]:
+    """Composes and checks every cell, writes or checks the manifest, and returns the unfinished cells."""
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    planned = []
+    for index, overrides in enumerate(job_overrides):
+        label = " ".join(overrides)
+        try:
+            cell_cfg = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+            name = str(cell_cfg.hydra.sweep.subdir)
+            run_config = cell_config(cell_cfg, run_dir=sweep_dir / name)
+        except ConfigError as error:
+            raise LaunchError(f"cell [{label}]: {error}") from None
+        except (HydraException, OmegaConfBaseException) as error:
+            raise LaunchError(f"cell [{label}]: {_first_line(error)}") from None
+        planned.append(PlannedCell(Cell(name, list(overrides)), run_config, index))
+
+    manifest = Manifest(
+        grid=str(config.grid.name),
+        scale=str(config.scale.name),
+        dataset=planned[0].config.data.name,
+        cells=[p.cell for p in planned],
+        launcher=str(config.hydra.launcher._target_),
+    )
+    _check_against_existing(sweep_dir, manifest, planned)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(sweep_dir / MANIFEST, manifest.to_json())
+    return [p for p in planned if read_cell(Path(p.config.run_dir)).state != "done"]
+
+
+def _check_against_existing(sweep_dir: Path, manifest: Manifest, planned: list[PlannedCell]) -> None:
+    existing = Manifest.read(sweep_dir)
+    if existing is not None and (existing.grid, existing.scale, existing.dataset) != (manifest.grid, manifest.scale, manifest.dataset):
+        raise LaunchError(
+            f"{sweep_dir} holds the sweep of grid={existing.grid} scale={existing.scale} ({existing.dataset}), not "
+            f"grid={manifest.grid} scale={manifest.scale} ({manifest.dataset}); set hydra.sweep.dir to another directory"
+        )
+    for p in planned:
+        saved = Path(p.config.run_dir) / "config.yaml"
+        if saved.exists():
+            changed = differences(identity_of_saved(saved), identity(p.config))
+            if changed:
+                raise LaunchError(
+                    f"cell {p.cell.name} in {sweep_dir} was started with another config ({'; '.join(changed[:3])}); "
+                    "relaunch with the same settings, or set hydra.sweep.dir to a new directory"
+                )
+
+
+def identity_of_saved(path: Path) -> dict:
+    from .config import from_mapping
+
+    return identity(from_mapping(OmegaConf.load(path)))
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def fail(error: Exception) -> None:
+    """Hydra prints a launcher's exceptions with a traceback; a planning error is one line and exit 2."""
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+# --- SLURM -----------------------------------------------------------------------------------------
+
+
+class SlurmGridLauncher(SlurmLauncher):
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import submitit
+
+        try:
+            if shutil.which("sbatch") is None:
+                raise LaunchError(
+                    "SLURM is not available here (no sbatch): run the grid at tiny scale on this machine with "
+                    "scale=tiny, or launch from a cluster's login node"
+                )
+            self._check_settings()
+            todo = plan(self.config, self.hydra_context, job_overrides)
+        except LaunchError as error:
+            fail(error)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        if not todo:
+            print(f"all {len(job_overrides)} cells of {sweep_dir} are done; nothing to submit")
+            return []
+
+        executor = submitit.AutoExecutor(
+            folder=self.params["submitit_folder"], cluster="slurm", slurm_max_num_timeout=self.params["max_num_timeout"]
+        )
+        shared = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(
+            **{
+                key if key in shared else f"slurm_{key}": value
+                for key, value in self.params.items()
+                if key not in ("submitit_folder", "max_num_timeout")
+            }
+        )
+        from hydra.core.singleton import Singleton
+
+        state = Singleton.get_state()
+        arguments = [
+            (p.cell.overrides, "hydra.sweep.dir", initial_job_idx + p.job_index, f"job_id_for_{p.job_index}", state)
+            for p in todo
+        ]
+        try:
+            jobs = executor.map_array(self, *zip(*arguments))
+        except submitit.core.utils.FailedJobError as error:
+            fail(LaunchError(f"sbatch refused the job array: {_first_line(error)}"))
+        submitted = {p.cell.name: job.job_id for p, job in zip(todo, jobs)}
+        atomic_write_text(sweep_dir / JOBS_FILE, json.dumps(submitted, indent=1))
+        array_id = jobs[0].job_id.split("_")[0]
+        print(
+            f"submitted {len(jobs)} of {len(job_overrides)} cells as SLURM job array {array_id}\n"
+            f"  sweep directory: {sweep_dir}\n"
+            f"  watch:           python -m sweeps.status {sweep_dir}   (or squeue -j {array_id})"
+        )
+        if self.config.sweep.wait:
+            return [_wait_for(job) for job in jobs]
+        return []
+
+    def _check_settings(self) -> None:
+        timeout_s = int(self.params["timeout_min"]) * 60
+        delay_s = int(self.params["signal_delay_s"])
+        if timeout_s <= 0:
+            raise LaunchError(f"hydra.launcher.timeout_min={self.params['timeout_min']} must be positive (minutes)")
+        # SLURM may send the warning signal up to 60 s early: a delay too close to the limit kills the job at start.
+        if delay_s < 0 or delay_s + 60 >= timeout_s:
+            raise LaunchError(
+                f"hydra.launcher.signal_delay_s={delay_s} leaves no time to train within timeout_min="
+                f"{self.params['timeout_min']}; keep signal_delay_s + 60 below timeout_min * 60"
+            )
+        if int(self.params["max_num_timeout"]) < 1:
+            raise LaunchError(
+                "hydra.launcher.max_num_timeout=0 would never requeue a timed-out or preempted cell; set it to 1 or more"
+            )
+        for key in ("nodes", "tasks_per_node"):
+            if int(self.params[key]) < 1:
+                raise LaunchError(f"hydra.launcher.{key}={self.params[key]} must be at least 1")
+        # sinfo: one "PARTITION GRES" line per partition, e.g. "gpu gpu:8" or "debug (null)".
+        listing = subprocess.run(["sinfo", "-h", "-o", "%R %G"], capture_output=True, text=True).stdout.split("\n")
+        gres = dict(line.split(" ", 1) for line in listing if " " in line)
+        partition = self.params.get("partition")
+        if partition and gres and partition not in gres:
+            raise LaunchError(f"hydra.launcher.partition={partition} is not a partition of this cluster; choose one of {', '.join(gres)}")
+        offered = [gres[partition]] if partition in gres else list(gres.values())
+        if self.params.get("gpus_per_node") and gres and not any("gpu" in value for value in offered):
+            raise LaunchError(
+                f"hydra.launcher.gpus_per_node={self.params['gpus_per_node']} but {partition or 'no partition'} offers no GPUs "
+                "(sinfo GRES); choose a GPU partition with hydra.launcher.partition=NAME, or set hydra.launcher.gpus_per_node=0"
+            )
+
+
+def _wait_for(job) -> JobReturn:
+    try:
+        job.results()
+        return _job_return(0)
+    except Exception:  # the cell's error.txt says why; sweeps.report lists it and the others still get collected
+        return _job_return(1)
+
+
+# --- local -----------------------------------------------------------------------------------------
+
+
+class LocalGridLauncher(Launcher):
+    """Runs the cells in worker processes on this machine, ``parallel`` at a time (default: the cores)."""
+
+    def __init__(self, parallel: int | None = None, progress_interval_s: float = 10.0) -> None:
+        if parallel is not None and (not isinstance(parallel, int) or parallel < 1):
+            fail(LaunchError(f"hydra.launcher.parallel={parallel!r} must be a positive number of cells, or null for one per core"))
+        self.parallel = parallel
+        self.progress_interval_s = progress_interval_s
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        try:
+            todo = plan(self.config, self.hydra_context, job_overrides)
+        except LaunchError as error:
+            fail(error)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        parallel = max(1, min(self.parallel or cores, len(todo) or 1))
+        print(f"sweep directory: {sweep_dir}; {len(job_overrides) - len(todo)} cells done, {len(todo)} to run, {parallel} at a time")
+        # Largest first: the long P = 8 cells of the widest models start early, so they do not run alone at the end.
+        queue = sorted(todo, key=lambda p: _cost(p.config), reverse=True)
+        returns = _run_workers(queue, sweep_dir, parallel, max(1, cores // parallel), self.progress_interval_s)
+        return returns
+
+
+def _cost(config: TrainConfig) -> float:
+    model = config.model
+    return config.parscale_n * config.tokens * model["num_hidden_layers"] * model["hidden_size"] ** 2
+
+
+def _run_workers(queue: list[PlannedCell], sweep_dir: Path, parallel: int, threads: int, interval_s: float) -> list[JobReturn]:
+    config_dir = sweep_dir / CELL_CONFIGS
+    config_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    pending, running, finished = list(queue), {}, {}
+    started_at, durations, last_report = time.time(), [], 0.0
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                cell = pending.pop(0)
+                cell_file = config_dir / f"{cell.cell.name}.yaml"
+                atomic_write_text(cell_file, OmegaConf.to_yaml(OmegaConf.structured(cell.config)))
+                run_dir = Path(cell.config.run_dir)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                log = open(run_dir / "train.log", "a")
+                process = subprocess.Popen([sys.executable, "-m", "sweeps.run_cell", str(cell_file)], stdout=log, stderr=subprocess.STDOUT, env=env)
+                running[cell.cell.name] = (process, log, time.time())
+            for name, (process, log, began) in list(running.items()):
+                if process.poll() is not None:
+                    log.close()
+                    durations.append(time.time() - began)
+                    finished[name] = process.returncode
+                    del running[name]
+                    state = "done" if process.returncode == 0 else f"FAILED (see {sweep_dir / name / 'train.log'})"
+                    print(f"  {name}: {state} in {durations[-1]:.0f} s")
+            now = time.time()
+            if now - last_report >= interval_s and (pending or running):
+                last_report = now
+                print(_progress(finished, running, pending, durations, parallel, now - started_at), flush=True)
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        # The workers checkpoint on SIGTERM; launching the grid again resumes them.
+        for process, log, _ in running.values():
+            process.terminate()
+        for process, log, _ in running.values():
+            process.wait()
+            log.close()
+        raise
+    failed = [name for name, code in finished.items() if code != 0]
+    print(f"{len(finished) - len(failed)} cells finished, {len(failed)} failed" + (f": {', '.join(failed)}" if failed else ""))
+    return [_job_return(finished[cell.cell.name]) for cell in queue]
+
+
+def _progress(finished: dict, running: dict, pending: list, durations: list, parallel: int, elapsed_s: float) -> str:
+    failed = sum(code != 0 for code in finished.values())
+    line = f"cells: {len(finished) - failed} done, {len(running)} running, {failed} failed, {len(pending)} pending; {elapsed_s / 60:.1f} min"
+    if durations:
+        # Cells run largest first, so the mean so far over-estimates what is left: an upper bound.
+        remaining = (len(pending) + len(running) / 2) * (sum(durations) / len(durations)) / parallel
+        line += f", ETA <= {remaining / 60:.1f} min"
+    return line
+
+
+def _job_return(code: int) -> JobReturn:
+    # Reported as completed either way: Hydra's sweeper raises on the first failed job, which would skip
+    # collecting and fitting the cells that did finish. sweeps.report names the failures and sets the exit status.
+    outcome = JobReturn()
+    outcome.status = JobStatus.COMPLETED
+    outcome.return_value = code
+    return outcome
+
+

@@ -1,0 +1,97 @@
+"""After a sweep: collect the results table, fit the law with bootstrap intervals, draw the figures and
+print a summary. Hydra calls `SweepReport.on_multirun_end` when `python -m sweeps.launch` returns; run it
+by hand for a sweep that finished on a cluster: `python -m sweeps.report SWEEP_DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+from hydra.experimental.callback import Callback
+
+from parscale_law import InvalidTableError, bootstrap
+from parscale_law.table import write_results
+
+from .cells import STATES, sweep_cells
+from .collect import collect_runs
+
+FIGURE_FORMATS = ("png",)
+
+
+def report(sweep_dir: Path, n_bootstrap: int = 1000, seed: int = 0) -> bool:
+    """Writes results.csv, fit.json, figures/ into ``sweep_dir`` and prints a summary; True if no cell failed."""
+    sweep_dir = Path(sweep_dir)
+    cells = sweep_cells(sweep_dir)
+    counts = {state: sum(cell.state == state for cell in cells) for state in STATES}
+    print(f"\nsweep {sweep_dir}: " + ", ".join(f"{counts[state]} {state}" for state in STATES))
+    for cell in cells:
+        if cell.state == "failed":
+            print(f"  failed: {cell.name}: {cell.detail}")
+    if counts["pending"] or counts["running"]:
+        print(f"  not finished: watch with `python -m sweeps.status {sweep_dir}`, then run `python -m sweeps.report {sweep_dir}`")
+        return counts["failed"] == 0
+
+    table = collect_runs(sweep_dir)
+    results_path = sweep_dir / "results.csv"
+    write_results(table, results_path)
+    print(f"  results table: {results_path} ({len(table)} runs)")
+    try:
+        boot = bootstrap(table, n=n_bootstrap, seed=seed)
+    except InvalidTableError as error:
+        print(f"  no fit: {error}")
+        return counts["failed"] == 0
+    result = boot.point
+    (sweep_dir / "fit.json").write_text(json.dumps({**result.to_dict(), "bootstrap": boot.to_dict()}, indent=2))
+    figure_dir = sweep_dir / "figures"
+    from analysis import figures
+
+    fitted = {str(table["dataset"].iloc[0]): figures.FittedDataset(table, result, boot, figures.heldout_checks(table))}
+    written = figures.draw_fits(fitted, figure_dir, FIGURE_FORMATS, cost_sizes=())
+    _print_summary(result, boot, table)
+    print(f"  fit: {sweep_dir / 'fit.json'}\n  figures: {figure_dir} ({len(written)} files)")
+    return counts["failed"] == 0
+
+
+def _print_summary(result, boot, table: pd.DataFrame) -> None:
+    k_low, k_high = boot.interval("k")
+    m_low, m_high = boot.interval("multiplier@P=8")
+    multiplier = float(result.multiplier([8.0])[0])
+    print(
+        f"  law: E={result.params['E']:.4g} A={result.params['A']:.4g} alpha={result.params['alpha']:.4g} "
+        f"k={result.params['k']:.4g} [{k_low:.3g}, {k_high:.3g}]  R^2={result.r2:.4f} ({result.status})\n"
+        f"  P = 8 streams act like {multiplier:.3g}x the parameters [{m_low:.3g}, {m_high:.3g}] (95% bootstrap)"
+    )
+    for size, rows in table.groupby("size", sort=False):
+        by_P = rows.groupby("P")["loss"].mean().sort_index()
+        verdict = "P helped" if by_P.iloc[-1] < by_P.iloc[0] else "P did not help"
+        losses = "  ".join(f"P={int(P)}: {loss:.4f}" for P, loss in by_P.items())
+        print(f"    {size:<10} {losses}   {verdict}")
+
+
+class SweepReport(Callback):
+    """Hydra callback: the report at the end of `python -m sweeps.launch`; exits 1 if a cell failed."""
+
+    def __init__(self, n_bootstrap: int = 1000) -> None:
+        self.n_bootstrap = n_bootstrap
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        if not report(Path(str(config.hydra.sweep.dir)), n_bootstrap=self.n_bootstrap):
+            sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sweeps.report", description=__doc__)
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        print(f"error: {args.sweep_dir} is not a directory; pass the sweep directory the launcher printed", file=sys.stderr)
+        return 2
+    return 0 if report(args.sweep_dir, args.bootstrap) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""`python -m sweeps.status SWEEP_DIR`: one line per cell (pending, running, done, failed with the last
+error line) and a count of each state."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from .cells import STATES, sweep_cells
+
+
+def format_cells(cells) -> str:
+    now = time.time()
+    lines = []
+    for cell in cells:
+        parts = [f"{cell.name:<28} {cell.state:<8}"]
+        if cell.step is not None:
+            parts.append(f"step {cell.step}" + (f"/{cell.total_steps}" if cell.total_steps else ""))
+        if cell.loss is not None:
+            parts.append(f"loss {cell.loss:.4f}")
+        if cell.state == "running" and cell.updated is not None:
+            parts.append(f"last step {now - cell.updated:.0f} s ago")
+        if cell.detail:
+            parts.append(cell.detail)
+        lines.append("  ".join(parts))
+    counts = Counter(cell.state for cell in cells)
+    lines.append(", ".join(f"{counts.get(state, 0)} {state}" for state in STATES))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sweeps.status", description=__doc__)
+    parser.add_argument("sweep_dir", type=Path)
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        print(f"error: {args.sweep_dir} is not a directory; pass the sweep directory the launcher printed", file=sys.stderr)
+        return 2
+    print(format_cells(sweep_cells(args.sweep_dir)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The sweep launcher on this machine: the smoke corner of the tiny grid end to end, relaunching, an
+interrupted sweep, and refusals. Runs real training subprocesses (a few seconds per cell)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from parscale_law import read_results
+
+FAST = ["hydra.callbacks.report.n_bootstrap=100"]
+
+
+def launch(cwd: Path, *overrides: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sweeps.launch", *overrides], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def run_module(cwd: Path, module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("smoke")
+    done = launch(cwd, "+grid=pile", "scale=smoke", *FAST)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return cwd, cwd / "multirun" / "pile-smoke", done.stdout
+
+
+def test_smoke_grid_trains_collects_fits_and_draws(smoke_sweep):
+    _, sweep_dir, stdout = smoke_sweep
+    table = read_results(sweep_dir / "results.csv")
+    assert len(table) == 6 and set(table["P"]) == {1, 2} and set(table["dataset"]) == {"stdlib-prose"}
+    assert set(table["size"]) == {"tiny-96", "tiny-128", "tiny-160"}
+    assert (table["status"] == "done").all() and table["params"].is_unique
+    fitted = json.loads((sweep_dir / "fit.json").read_text())
+    assert {"E", "A", "alpha", "k", "bootstrap"} <= set(fitted)
+    for name in ("loss_vs_params", "loss_contours", "equivalence", "residuals"):
+        assert (sweep_dir / "figures" / f"{name}.png").stat().st_size > 10_000
+    assert "streams act like" in stdout and "6 done" in stdout
+
+
+def test_relaunch_skips_finished_cells(smoke_sweep):
+    cwd, sweep_dir, _ = smoke_sweep
+    before = {path: path.stat().st_mtime for path in sweep_dir.glob("*/result.json")}
+    done = launch(cwd, "+grid=pile", "scale=smoke", *FAST)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "6 cells done, 0 to run" in done.stdout
+    assert {path: path.stat().st_mtime for path in sweep_dir.glob("*/result.json")} == before
+
+
+def test_status_and_collect_commands(smoke_sweep, tmp_path):
+    cwd, sweep_dir, _ = smoke_sweep
+    status = run_module(cwd, "sweeps.status", str(sweep_dir))
+    assert status.returncode == 0 and "6 done" in status.stdout and "tiny-128-P2-s0" in status.stdout
+    out = tmp_path / "runs.parquet"
+    collected = run_module(cwd, "sweeps.collect", str(sweep_dir), "--out", str(out))
+    assert collected.returncode == 0, collected.stderr
+    pd.testing.assert_frame_equal(read_results(out), read_results(sweep_dir / "results.csv"), check_dtype=False)
+
+
+def test_a_sweep_directory_of_another_grid_is_refused(smoke_sweep):
+    cwd, sweep_dir, _ = smoke_sweep
+    done = launch(cwd, "+grid=stack", "scale=smoke", f"hydra.sweep.dir={sweep_dir}")
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "grid=pile" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ([], "choose a grid"),
+        (["+grid=nope"], "unknown grid 'nope'"),
+        (["+grid=pile", "scale=huge"], "unknown scale 'huge'"),
+        (["+grid=pile", "scale=smoke", "scale.sizes=tiny-7"], "unknown model 'tiny-7'"),
+        (["+grid=pile", "scale=smoke", "parscale_n=0"], "P must be at least 1"),
+        (["+grid=pile", "scale=smoke", "tokens=100"], "less than one batch"),
+        (["+grid=pile", "scale=smoke", "hydra.launcher.parallel=0"], "hydra.launcher.parallel"),
+        (["+grid=pile", "scale=smoke", "scale.datasets.pile=c4"], "unknown data 'c4'"),
+    ],
+)
+def test_invalid_overrides_fail_before_anything_runs(tmp_path, overrides, message):
+    done = launch(tmp_path, *overrides, timeout=120)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], done.stderr
+    assert not (tmp_path / "multirun").exists() or not any((tmp_path / "multirun").rglob("metrics.jsonl"))
+
+
+def test_paper_scale_is_refused_without_a_gpu_cluster(tmp_path):
+    # Without SLURM: "SLURM is not available here ... scale=tiny". With the local CPU-only test cluster:
+    # the paper's 8 GPUs per cell are refused before submission.
+    done = launch(tmp_path, "+grid=pile", timeout=120)
+    assert done.returncode != 0
+    line = done.stderr.strip()
+    assert len(line.splitlines()) == 1 and ("scale=tiny" in line or "offers no GPUs" in line), done.stderr
+
+
+def test_interrupted_sweep_resumes_and_finishes_only_what_is_missing(tmp_path):
+    overrides = ["+grid=stack", "scale=smoke", "scale.sizes=tiny-96", "hydra.launcher.parallel=1", "tokens=81920", *FAST]
+    sweep_dir = tmp_path / "multirun" / "stack-smoke"
+    process = subprocess.Popen([sys.executable, "-m", "sweeps.launch", *overrides], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Cells run largest first: P = 2, then P = 1. Interrupt (Ctrl-C) while the second cell trains.
+    second = sweep_dir / "tiny-96-P1-s0" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (second.exists() and len(second.read_text().splitlines()) >= 5):
+        assert process.poll() is None and time.monotonic() < deadline, "the sweep ended before it could be interrupted"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=120)
+    first_result = sweep_dir / "tiny-96-P2-s0" / "result.json"
+    assert first_result.exists() and not (sweep_dir / "tiny-96-P1-s0" / "result.json").exists()
+    stamp = first_result.stat().st_mtime
+
+    done = launch(tmp_path, *overrides)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "1 cells done, 1 to run" in done.stdout
+    assert first_result.stat().st_mtime == stamp
+    steps = [json.loads(line)["step"] for line in second.read_text().splitlines()]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) == 40  # none lost, none repeated

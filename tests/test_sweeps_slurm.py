@@ -1,0 +1,102 @@
+"""The sweep launcher against a real SLURM cluster (tests/slurm/slurm_local.sh; CI starts one): a 2 x 2
+tiny grid as a job array, a preempted cell that resumes from its checkpoint, and a relaunch that runs only
+the cell that was killed."""
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from slurm.cluster import PARTITION, requires_slurm, venv_env, wait_for_state
+
+from parscale_law import read_results
+
+pytestmark = requires_slurm
+
+ON_LOCAL_CLUSTER = [
+    "hydra/launcher=parscale_slurm",
+    f"hydra.launcher.partition={PARTITION}",
+    "hydra.launcher.gpus_per_node=0",
+    "hydra.launcher.tasks_per_node=1",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    # >= 50 minutes: submitit counts a warning signal in a shorter job as a timeout (tests/slurm/README.md)
+    "hydra.launcher.timeout_min=60",
+    "hydra.launcher.signal_delay_s=60",
+    "hydra.callbacks.report.n_bootstrap=50",
+]
+
+
+def launch(cwd: Path, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sweeps.launch", *ON_LOCAL_CLUSTER, *overrides],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=venv_env(),
+    )
+
+
+def wait_for(path: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout:.0f} s; see the sweep's .submitit logs"
+        time.sleep(0.5)
+
+
+def steps_of(metrics: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+
+
+def test_two_by_two_grid_as_a_job_array(tmp_path):
+    done = launch(tmp_path, "+grid=pile", "scale=smoke", "scale.sizes='tiny-96,tiny-128'", "sweep.wait=true")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "submitted 4 of 4 cells as SLURM job array" in done.stdout
+    sweep_dir = tmp_path / "multirun" / "pile-smoke"
+    table = read_results(sweep_dir / "results.csv")
+    assert len(table) == 4 and set(table["P"]) == {1, 2} and set(table["size"]) == {"tiny-96", "tiny-128"}
+    array_id = next(iter(json.loads((sweep_dir / "jobs.json").read_text()).values())).split("_")[0]
+    wait_for_state(array_id, "COMPLETED", timeout=60)
+
+
+def test_preempted_cell_resumes_from_its_checkpoint(tmp_path):
+    import submitit
+
+    # 120 steps, no periodic checkpoint: a resume can only start from the one saved on the signal.
+    overrides = ["+grid=stack", "scale=smoke", "scale.sizes=tiny-96", "scale.P=1", "tokens=245760",
+                 "checkpoint_interval=100000", "eval_interval=100000"]
+    done = launch(tmp_path, *overrides)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sweep_dir = tmp_path / "multirun" / "stack-smoke"
+    cell = sweep_dir / "tiny-96-P1-s0"
+    job_id = json.loads((sweep_dir / "jobs.json").read_text())["tiny-96-P1-s0"]
+    wait_for(cell / "metrics.jsonl")
+    deadline = time.monotonic() + 120
+    while len(steps_of(cell / "metrics.jsonl")) < 10:
+        assert time.monotonic() < deadline, "the cell did not reach step 10"
+        time.sleep(0.2)
+    # What SLURM sends before a time limit or preemption (USR2 to the job, as `job._interrupt` does).
+    submitit.SlurmJob(folder=sweep_dir / ".submitit" / "%j", job_id=job_id)._interrupt(timeout=True)
+    wait_for(cell / "result.json", timeout=400)
+    steps = steps_of(cell / "metrics.jsonl")
+    assert steps == list(range(1, 121))  # no step lost, none repeated
+    logs = "".join(path.read_text() for path in (sweep_dir / ".submitit").rglob("*_log.out"))
+    resumed = [int(step) for step in re.findall(r"resuming at step (\d+)", logs)]
+    assert len(resumed) == 1 and resumed[0] >= 10, logs[-2000:]
+
+
+def test_relaunch_runs_only_the_killed_cell(tmp_path):
+    overrides = ["+grid=pile", "scale=smoke", "scale.sizes=tiny-96", "tokens=81920"]
+    done = launch(tmp_path, *overrides)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sweep_dir = tmp_path / "multirun" / "pile-smoke"
+    jobs = json.loads((sweep_dir / "jobs.json").read_text())
+    subprocess.run(["scancel", jobs["tiny-96-P2-s0"]], check=True)
+    wait_for(sweep_dir / "tiny-96-P1-s0" / "result.json")
+    assert not (sweep_dir / "tiny-96-P2-s0" / "result.json").exists()
+
+    again = launch(tmp_path, *overrides, "sweep.wait=true")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "submitted 1 of 2 cells" in again.stdout
+    assert list(json.loads((sweep_dir / "jobs.json").read_text())) == ["tiny-96-P2-s0"]
+    assert len(read_results(sweep_dir / "results.csv")) == 2
