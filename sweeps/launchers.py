@@ -41,7 +41,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .cells import MANIFEST, Cell, Manifest, cell_config, read_cell
 from .checkpoint import atomic_write_text
-from .config import ConfigError, TrainConfig, differences, identity
+from .config import ConfigError, TrainConfig, differences, from_mapping, identity
 
 
 JOBS_FILE = "jobs.json"
@@ -107,8 +107,6 @@ def _check_against_existing(sweep_dir: Path, manifest: Manifest, planned: list[P
 
 
 def identity_of_saved(path: Path) -> dict:
-    from .config import from_mapping
-
     return identity(from_mapping(OmegaConf.load(path)))
 
 
@@ -261,7 +259,8 @@ def _run_workers(queue: list[PlannedCell], sweep_dir: Path, parallel: int, threa
     config_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     pending, running, finished = list(queue), {}, {}
-    started_at, durations, last_report = time.time(), [], 0.0
+    started_at, last_report = time.time(), 0.0
+    spent = {"seconds": 0.0, "cost": 0.0}  # of finished cells: what the ETA scales by
     try:
         while pending or running:
             while pending and len(running) < parallel:
@@ -272,40 +271,44 @@ def _run_workers(queue: list[PlannedCell], sweep_dir: Path, parallel: int, threa
                 run_dir.mkdir(parents=True, exist_ok=True)
                 log = open(run_dir / "train.log", "a")
                 process = subprocess.Popen([sys.executable, "-m", "sweeps.run_cell", str(cell_file)], stdout=log, stderr=subprocess.STDOUT, env=env)
-                running[cell.cell.name] = (process, log, time.time())
-            for name, (process, log, began) in list(running.items()):
+                running[cell.cell.name] = (process, log, time.time(), _cost(cell.config))
+            for name, (process, log, began, cost) in list(running.items()):
                 if process.poll() is not None:
                     log.close()
-                    durations.append(time.time() - began)
+                    took = time.time() - began
+                    spent["seconds"] += took
+                    spent["cost"] += cost
                     finished[name] = process.returncode
                     del running[name]
                     state = "done" if process.returncode == 0 else f"FAILED (see {sweep_dir / name / 'train.log'})"
-                    print(f"  {name}: {state} in {durations[-1]:.0f} s")
+                    print(f"  {name}: {state} in {took:.0f} s")
             now = time.time()
             if now - last_report >= interval_s and (pending or running):
                 last_report = now
-                print(_progress(finished, running, pending, durations, parallel, now - started_at), flush=True)
+                print(_progress(finished, running, pending, spent, parallel, now - started_at), flush=True)
             time.sleep(0.2)
     except KeyboardInterrupt:
         # The workers checkpoint on SIGTERM; launching the grid again resumes them.
-        for process, log, _ in running.values():
+        for process, *_ in running.values():
             process.terminate()
-        for process, log, _ in running.values():
+        for process, log, *_ in running.values():
             process.wait()
             log.close()
-        raise
+        print(f"interrupted: {len(finished)} cells finished; the same command resumes the others", file=sys.stderr)
+        raise SystemExit(130) from None
     failed = [name for name, code in finished.items() if code != 0]
     print(f"{len(finished) - len(failed)} cells finished, {len(failed)} failed" + (f": {', '.join(failed)}" if failed else ""))
     return [_job_return(finished[cell.cell.name]) for cell in queue]
 
 
-def _progress(finished: dict, running: dict, pending: list, durations: list, parallel: int, elapsed_s: float) -> str:
+def _progress(finished: dict, running: dict, pending: list, spent: dict, parallel: int, elapsed_s: float) -> str:
     failed = sum(code != 0 for code in finished.values())
     line = f"cells: {len(finished) - failed} done, {len(running)} running, {failed} failed, {len(pending)} pending; {elapsed_s / 60:.1f} min"
-    if durations:
-        # Cells run largest first, so the mean so far over-estimates what is left: an upper bound.
-        remaining = (len(pending) + len(running) / 2) * (sum(durations) / len(durations)) / parallel
-        line += f", ETA <= {remaining / 60:.1f} min"
+    if spent["cost"]:
+        # Seconds per unit of the cells' relative cost (P x tokens x layers x width^2) so far, times what is left;
+        # a running cell counts as half done.
+        left = sum(_cost(cell.config) for cell in pending) + sum(cost for *_, cost in running.values()) / 2
+        line += f", ETA ~{left * spent['seconds'] / spent['cost'] / parallel / 60:.1f} min"
     return line
 
 
