@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -125,6 +124,4 @@ def _interval(out: dict, key: str):
 def _json_default(value):
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
     raise TypeError(f"cannot write {type(value).__name__} as JSON")

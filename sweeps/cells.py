@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
 
-from .config import TrainConfig, from_mapping
+from .config import ConfigError, TrainConfig, from_mapping
 
 MANIFEST = "sweep.json"
 ERROR_FILE = "error.txt"
@@ -99,10 +99,9 @@ def _total_steps(cell_dir: Path) -> int | None:
     config = cell_dir / "config.yaml"
     if not config.exists():
         return None
-    run = OmegaConf.load(config)
     try:
-        return int(run.tokens) // (int(run.global_batch_size) * int(run.seq_len))
-    except (AttributeError, TypeError, ValueError):
+        return from_mapping(OmegaConf.load(config)).total_steps
+    except ConfigError:
         return None
 
 

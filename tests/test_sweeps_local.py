@@ -2,7 +2,6 @@
 interrupted sweep, and refusals. Runs real training subprocesses (a few seconds per cell)."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

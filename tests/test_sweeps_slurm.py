@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from slurm.cluster import PARTITION, requires_slurm, venv_env, wait_for_state
 
 from parscale_law import read_results
