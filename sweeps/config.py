@@ -183,6 +183,8 @@ def check(config: TrainConfig) -> None:
                 "log_interval", "checkpoint_interval"):
         if getattr(config, key) < 1:
             raise ConfigError(f"{key}={getattr(config, key)} must be at least 1")
+    if config.seed < 0:
+        raise ConfigError(f"seed={config.seed} must be 0 or more (it seeds numpy's generator too)")
     if config.global_batch_size % config.micro_batch_size:
         raise ConfigError(
             f"global_batch_size={config.global_batch_size} is not a multiple of micro_batch_size="

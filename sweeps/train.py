@@ -41,7 +41,7 @@ from models import Qwen2ParScaleForCausalLM, config_from_mapping, count_paramete
 from . import distributed
 from .checkpoint import CHECKPOINT, PreemptionGuard, atomic_write_text, load_checkpoint, replace_directory, save_checkpoint
 from .config import CONF_DIR, ConfigError, OptimConfig, TrainConfig, check, check_group_choices, differences, from_mapping, identity, run_id
-from .data import ShardedBatches, eval_batch, load_tokenizer, open_documents
+from .data import eval_batch, load_tokenizer, training_batches
 from .tracking import MetricsLog, WandbLogger, git_revision, progress_line
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -89,10 +89,8 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
     shards = range(env.rank * accumulation, (env.rank + 1) * accumulation)
-    batches = ShardedBatches(
-        open_documents(config.data, "train", config.seed), tokenizer, config.seq_len,
-        config.micro_batch_size, num_shards, shards,
-    )
+    batches = training_batches(config.data, tokenizer, config.seq_len, config.micro_batch_size, num_shards, shards,
+                               config.seed)
     eval_rows = eval_batch(config.data, tokenizer, config.seq_len, config.eval_sequences).to(env.device)
 
     total_steps, the_run_id = config.total_steps, run_id(config)

@@ -15,6 +15,7 @@ from train_helpers import run_app, tiny_config, tiny_overrides
         ("data=wikipedia", "unknown data 'wikipedia'"),
         ("tokens=100", "raise tokens to at least 128"),
         ("parscale_n=0", "P must be at least 1"),
+        ("seed=-1", "must be 0 or more"),
         ("model.parscale_n=4", "with parscale_n=4"),
         ("micro_batch_size=3", "not a multiple of micro_batch_size"),
         ("optim.schedule=linear", "use one of cosine, wsd, constant"),

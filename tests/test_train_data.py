@@ -1,9 +1,10 @@
 """The data path: the standard-library corpora, the deterministic hash split, the same `datasets` streaming
-loader on local files with a tokenizer read from a directory, sharding without overlap, and resuming from a
-saved position."""
+loader on local files with a tokenizer read from a directory, sharding without overlap, the shuffled rows of
+the local corpora, and resuming from a saved position."""
 
 import io
 import itertools
+import json
 from dataclasses import replace
 
 import pytest
@@ -14,11 +15,16 @@ from sweeps.data import (
     ByteTokenizer,
     DataError,
     PretrainedTokenizer,
-    ShardedBatches,
+    ShuffledRows,
+    StreamedBatches,
     eval_batch,
+    local_training_rows,
     open_documents,
     split_of,
+    stdlib_docstrings,
+    training_batches,
 )
+from sweeps import data as data_module
 from train_helpers import WORDS, write_corpus
 
 CODE = DataConfig(name="stdlib-code", source="stdlib-code", holdout_fraction=0.02)
@@ -57,7 +63,7 @@ def test_stdlib_prose_is_english_documentation_without_overlap():
 def test_packing_appends_eos_and_keeps_every_token(tmp_path):
     data = DataConfig(name="corpus", source="hub", path="json", data_files=write_corpus(tmp_path), holdout_fraction=0.1)
     tokenizer = ByteTokenizer()
-    batches = ShardedBatches(open_documents(data, "train", 0), tokenizer, 16, 2, num_shards=1, shards=range(1))
+    batches = StreamedBatches(open_documents(data, "train", 0), tokenizer, 16, 2, num_shards=1, shards=range(1))
     stream = torch.cat([batches.next(0).flatten() for _ in range(30)]).tolist()
     expected = []
     for text in open_documents(data, "train", 0):
@@ -71,9 +77,10 @@ def test_shards_split_documents_across_processes_and_match_one_process(tmp_path)
     """Two processes with shards {0, 1} and {2, 3} get exactly the batches one process gets for those shards,
     and no document reaches two shards."""
     tokenizer = ByteTokenizer()
+    data = DataConfig(name="corpus", source="hub", path="json", data_files=write_corpus(tmp_path), holdout_fraction=0.1)
 
     def batches(shards):
-        return ShardedBatches(open_documents(CODE, "train", 0), tokenizer, 64, 2, num_shards=4, shards=shards)
+        return StreamedBatches(open_documents(data, "train", 0), tokenizer, 16, 2, num_shards=4, shards=shards)
 
     single, first, second = batches(range(4)), batches(range(0, 2)), batches(range(2, 4))
     for _ in range(5):
@@ -81,8 +88,8 @@ def test_shards_split_documents_across_processes_and_match_one_process(tmp_path)
             process = first if shard < 2 else second
             assert torch.equal(single.next(shard), process.next(shard))
     # Documents are dealt round-robin: the first eight go to shards 0, 1, 2, 3, 0, 1, 2, 3.
-    documents = list(itertools.islice(open_documents(CODE, "train", 0), 8))
-    expected_start = torch.tensor(list(documents[2].encode()[:64]))
+    documents = list(itertools.islice(open_documents(data, "train", 0), 8))
+    expected_start = torch.tensor(list(documents[2].encode()[:16]))
     assert torch.equal(batches(range(2, 3)).next(2)[0], expected_start)
 
 
@@ -91,10 +98,9 @@ def test_resume_from_a_saved_position_continues_the_same_batches(tmp_path, sourc
     data = CODE if source == "stdlib-code" else DataConfig(
         name="corpus", source="hub", path="json", data_files=write_corpus(tmp_path), holdout_fraction=0.1
     )
-    tokenizer = ByteTokenizer()
 
     def batches():
-        return ShardedBatches(open_documents(data, "train", 3), tokenizer, 32, 2, num_shards=3, shards=range(3))
+        return training_batches(data, ByteTokenizer(), 32, 2, num_shards=3, shards=range(3), seed=3)
 
     original = batches()
     for step in range(7):
@@ -104,8 +110,78 @@ def test_resume_from_a_saved_position_continues_the_same_batches(tmp_path, sourc
     buffer.seek(0)
     resumed = batches()
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
-    for step in range(7, 40):  # long enough to cross file boundaries of the local corpus
+    for step in range(7, 40):  # long enough to cross document boundaries of the streamed corpus
         assert torch.equal(original.next(step % 3), resumed.next(step % 3))
+
+
+def test_local_rows_are_the_training_documents_in_order_with_eos():
+    rows = local_training_rows(CODE, ByteTokenizer(), 64)
+    documents = open_documents(CODE, "train", seed=0)
+    first, second = itertools.islice(documents.in_order(), 2)
+    expected = [*first.encode(), 258, *second.encode(), 258][:128]
+    assert rows.shape[1] == 64 and rows.flatten()[:128].tolist() == expected
+    total = sum(len(text.encode()) + 1 for text in documents.in_order())
+    assert rows.shape[0] == total // 64
+
+
+def test_shuffled_rows_visit_every_row_once_per_epoch_in_a_seeded_order():
+    rows = torch.arange(50 * 4, dtype=torch.int32).view(50, 4)  # row i holds 4i ... 4i + 3
+    def drawn(seed, shards=range(2), steps=25):
+        batches = ShuffledRows(rows, micro_batch_size=3, num_shards=2, shards=shards, seed=seed)
+        return [batches.next(shard)[:, 0] // 4 for _ in range(steps) for shard in shards]
+    order = torch.cat(drawn(seed=0)).tolist()  # 150 rows: three epochs of 50
+    for epoch in range(3):
+        assert sorted(order[50 * epoch:50 * (epoch + 1)]) == list(range(50))
+    assert order[:50] != order[50:100] and order[:50] != list(range(50))
+    assert torch.cat(drawn(seed=1)).tolist() != order
+    # Two processes (shard 0 and shard 1) together draw exactly the rows of one process with both shards.
+    together = drawn(seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(together[0::2], drawn(seed=0, shards=range(0, 1))))
+    assert all(torch.equal(a, b) for a, b in zip(together[1::2], drawn(seed=0, shards=range(1, 2))))
+
+
+def test_shuffled_rows_resume_across_an_epoch_boundary():
+    rows = torch.arange(30 * 2, dtype=torch.int32).view(30, 2)
+    original = ShuffledRows(rows, micro_batch_size=4, num_shards=2, shards=range(2), seed=5)
+    for step in range(3):
+        for shard in range(2):
+            original.next(shard)
+    buffer = io.BytesIO()
+    torch.save(original.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = ShuffledRows(rows, micro_batch_size=4, num_shards=2, shards=range(2), seed=5)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    for step in range(3, 12):  # rows 24 ... 96 of the order: epochs 0 to 3
+        for shard in range(2):
+            assert torch.equal(original.next(shard), resumed.next(shard))
+
+
+def test_shuffled_rows_refuse_a_corpus_smaller_than_a_batch_and_foreign_state():
+    rows = torch.zeros(5, 4, dtype=torch.int32)
+    with pytest.raises(DataError, match="lower global_batch_size or seq_len"):
+        ShuffledRows(rows, micro_batch_size=3, num_shards=2, shards=range(2), seed=0)
+    batches = ShuffledRows(rows, micro_batch_size=1, num_shards=2, shards=range(2), seed=0)
+    with pytest.raises(DataError, match="resume with the same number of processes"):
+        batches.load_state_dict({"drawn": {"0": 3}})
+    with pytest.raises(DataError, match="start this run again in a new run dir"):
+        batches.load_state_dict({"documents": {"epoch": 0, "position": 9}, "dealt": 9, "pending": {}})
+
+
+def test_docstrings_are_read_from_the_cache_once_written(tmp_path, monkeypatch):
+    files = tuple(path for path in data_module.stdlib_files() if path.name in ("bisect.py", "colorsys.py"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(data_module, "stdlib_files", lambda: files)
+    stdlib_docstrings.cache_clear()
+    try:
+        parsed = stdlib_docstrings()
+        assert set(parsed) == {str(path) for path in files} and "bisect" in parsed[str(files[0])].lower()
+        cache = data_module.prose_cache_path()
+        assert cache.is_relative_to(tmp_path) and json.loads(cache.read_text()) == parsed
+        cache.write_text(json.dumps({str(path): "from the cache" for path in files}))
+        stdlib_docstrings.cache_clear()
+        assert set(stdlib_docstrings().values()) == {"from the cache"}
+    finally:
+        stdlib_docstrings.cache_clear()
 
 
 def test_hub_loader_reads_local_files_with_a_tokenizer_from_a_directory(tmp_path):
