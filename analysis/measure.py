@@ -175,7 +175,7 @@ def plot(frame: pd.DataFrame):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.measure", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="tiny-128", help="a models size: tiny-96 ... tiny-256, 0.5B ... 4.4B (default tiny-128)")
+    parser.add_argument("--size", default="tiny-128", help="a models size: tiny-32 ... tiny-128, 0.5B ... 4.4B (default tiny-128)")
     parser.add_argument("--layers", type=int, help="override the depth, e.g. 2 for a shallow copy of a paper size on a CPU")
     parser.add_argument("--P", default="1,2,4,8", help="comma-separated stream counts (default 1,2,4,8)")
     parser.add_argument("--batch", default="1,2,4,8", help="comma-separated batch sizes (default 1,2,4,8)")

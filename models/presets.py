@@ -15,7 +15,7 @@ from .modeling_parscale import Qwen2ParScaleForCausalLM, is_parscale_parameter
 
 
 def parscale_config(size: str, parscale_n: int = 1, **overrides) -> Qwen2ParScaleConfig:
-    """The config of a named size ("0.5B" ... "4.4B" from the paper, "tiny-96" ... "tiny-256") with
+    """The config of a named size ("0.5B" ... "4.4B" from the paper, "tiny-32" ... "tiny-128") with
     `parscale_n` streams; `overrides` set any other config field."""
     if size in sizes.PAPER_SIZES:
         shape = sizes.PAPER_SIZES[size]

@@ -173,7 +173,7 @@ def test_cli_reports_a_bad_table_in_one_line(tmp_path, capsys):
 def test_cli_on_a_sweep_table_with_dataset_column_and_its_own_sizes(tmp_path):
     out = tmp_path / "figures"
     example = str(Path(__file__).resolve().parent.parent / "notebooks" / "example_results.csv")
-    sizes = "tiny-96,tiny-160,tiny-256"
+    sizes = "tiny-32,tiny-64,tiny-128"
     assert figures.main(["--results", example, "--out", str(out), "--bootstrap", "0", "--cost-sizes", sizes]) == 0
     assert "| synthetic-tiny | 24 |" in (out / "fits.md").read_text()  # the failed run is left out
     assert "[" not in (out / "fits.md").read_text()  # no bootstrap, no intervals

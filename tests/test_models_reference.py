@@ -133,8 +133,10 @@ def released_checkpoint(directory, parscale_n=2, drop=()):
     code's auto_map, model.safetensors with the released parameter names) and returns its state dict."""
     torch.manual_seed(3)
     config = tiny_config(parscale_n)
-    hidden, inter, kv_dim = config.hidden_size, config.intermediate_size, 2 * (config.hidden_size // 8)
-    n_tokens, head_dim = config.parscale_n_tokens, config.hidden_size // 8
+    hidden, inter, n_tokens = config.hidden_size, config.intermediate_size, config.parscale_n_tokens
+    n_heads, n_kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = hidden // n_heads
+    kv_dim = n_kv_heads * head_dim
     state = {"model.embed_tokens.weight": torch.randn(config.vocab_size, hidden) * 0.1}
     for i in range(config.num_hidden_layers):
         p = f"model.layers.{i}."
@@ -145,8 +147,8 @@ def released_checkpoint(directory, parscale_n=2, drop=()):
             "self_attn.o_proj.weight": (hidden, hidden),
             "mlp.gate_proj.weight": (inter, hidden), "mlp.up_proj.weight": (inter, hidden),
             "mlp.down_proj.weight": (hidden, inter),
-            "self_attn.prefix_k": (parscale_n, 2, n_tokens, head_dim),
-            "self_attn.prefix_v": (parscale_n, 2, n_tokens, head_dim),
+            "self_attn.prefix_k": (parscale_n, n_kv_heads, n_tokens, head_dim),
+            "self_attn.prefix_v": (parscale_n, n_kv_heads, n_tokens, head_dim),
         }  # fmt: skip
         state.update({p + name: torch.randn(shape) * 0.1 for name, shape in shapes.items()})
         state[p + "input_layernorm.weight"] = 1 + 0.1 * torch.randn(hidden)
@@ -166,8 +168,8 @@ def released_checkpoint(directory, parscale_n=2, drop=()):
         },
         "attention_dropout": 0.0, "hidden_act": "silu", "hidden_size": hidden, "initializer_range": 0.02,
         "intermediate_size": inter, "max_position_embeddings": 256, "max_window_layers": 36,
-        "model_type": "qwen2_parscale", "num_attention_heads": 8, "num_hidden_layers": config.num_hidden_layers,
-        "num_key_value_heads": 2, "parscale_attn_smooth": 0.1, "parscale_n": parscale_n,
+        "model_type": "qwen2_parscale", "num_attention_heads": n_heads, "num_hidden_layers": config.num_hidden_layers,
+        "num_key_value_heads": n_kv_heads, "parscale_attn_smooth": 0.1, "parscale_n": parscale_n,
         "parscale_n_tokens": n_tokens, "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 10000.0,
         "sliding_window": 32768, "tie_word_embeddings": True, "torch_dtype": "float32",
         "transformers_version": "4.46.2", "use_cache": True, "use_sliding_window": False,

@@ -38,7 +38,7 @@ def test_smoke_grid_trains_collects_fits_and_draws(smoke_sweep):
     _, sweep_dir, stdout = smoke_sweep
     table = read_results(sweep_dir / "results.csv")
     assert len(table) == 6 and set(table["P"]) == {1, 2} and set(table["dataset"]) == {"stdlib-prose"}
-    assert set(table["size"]) == {"tiny-96", "tiny-128", "tiny-160"}
+    assert set(table["size"]) == {"tiny-32", "tiny-48", "tiny-64"}
     assert (table["status"] == "done").all() and table["params"].is_unique
     fitted = json.loads((sweep_dir / "fit.json").read_text())
     assert {"E", "A", "alpha", "k", "bootstrap"} <= set(fitted)
@@ -59,7 +59,7 @@ def test_relaunch_skips_finished_cells(smoke_sweep):
 def test_status_and_collect_commands(smoke_sweep, tmp_path):
     cwd, sweep_dir, _ = smoke_sweep
     status = run_module(cwd, "sweeps.status", str(sweep_dir))
-    assert status.returncode == 0 and "6 done" in status.stdout and "tiny-128-P2-s0" in status.stdout
+    assert status.returncode == 0 and "6 done" in status.stdout and "tiny-64-P2-s0" in status.stdout
     out = tmp_path / "runs.parquet"
     collected = run_module(cwd, "sweeps.collect", str(sweep_dir), "--out", str(out))
     assert collected.returncode == 0, collected.stderr
@@ -104,7 +104,7 @@ def test_paper_scale_is_refused_without_a_gpu_cluster(tmp_path):
 
 
 def test_interrupted_sweep_resumes_and_finishes_only_what_is_missing(tmp_path):
-    overrides = ["+grid=stack", "scale=smoke", "scale.sizes=tiny-96", "hydra.launcher.parallel=1", "tokens=81920", *FAST]
+    overrides = ["+grid=stack", "scale=smoke", "scale.sizes=tiny-96", "hydra.launcher.parallel=1", "tokens=40960", *FAST]  # 40 steps of 16 x 64
     sweep_dir = tmp_path / "multirun" / "stack-smoke"
     process = subprocess.Popen([sys.executable, "-m", "sweeps.launch", *overrides], cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

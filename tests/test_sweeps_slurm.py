@@ -61,7 +61,7 @@ def test_two_by_two_grid_as_a_job_array(tmp_path):
 def test_preempted_cell_resumes_from_its_checkpoint(tmp_path):
     import submitit
 
-    # 120 steps, no periodic checkpoint: a resume can only start from the one saved on the signal.
+    # 240 steps of 16 x 64 tokens, no periodic checkpoint: a resume can only start from the one saved on the signal.
     overrides = ["+grid=stack", "scale=smoke", "scale.sizes=tiny-96", "scale.P=1", "tokens=245760",
                  "checkpoint_interval=100000", "eval_interval=100000"]
     done = launch(tmp_path, *overrides)
@@ -78,7 +78,7 @@ def test_preempted_cell_resumes_from_its_checkpoint(tmp_path):
     submitit.SlurmJob(folder=sweep_dir / ".submitit" / "%j", job_id=job_id)._interrupt(timeout=True)
     wait_for(cell / "result.json", timeout=400)
     steps = steps_of(cell / "metrics.jsonl")
-    assert steps == list(range(1, 121))  # no step lost, none repeated
+    assert steps == list(range(1, 241))  # no step lost, none repeated
     logs = "".join(path.read_text() for path in (sweep_dir / ".submitit").rglob("*_log.out"))
     resumed = [int(step) for step in re.findall(r"resuming at step (\d+)", logs)]
     assert len(resumed) == 1 and resumed[0] >= 10, logs[-2000:]
