@@ -66,9 +66,20 @@ def _print_summary(result, boot, table: pd.DataFrame) -> None:
     )
     for size, rows in table.groupby("size", sort=False):
         by_P = rows.groupby("P")["loss"].mean().sort_index()
-        verdict = "P helped" if by_P.iloc[-1] < by_P.iloc[0] else "P did not help"
+        base = int(by_P.index[0])  # P = 1 in the paper's grid; the smallest P of a grid without it
+        helped = [int(P) for P, loss in by_P.items() if P > base and loss < by_P.iloc[0]]
+        if not helped:
+            verdict = f"no P beat P = {base}"
+        elif len(helped) == len(by_P) - 1:
+            verdict = f"every P > {base} beat P = {base}"
+        else:
+            verdict = f"P = {', '.join(map(str, helped))} beat P = {base}"
         losses = "  ".join(f"P={int(P)}: {loss:.4f}" for P, loss in by_P.items())
         print(f"    {size:<10} {losses}   {verdict}")
+    if table["seed"].nunique() > 1:
+        # What a difference between two cells has to beat: the largest spread of one cell over its seeds.
+        spread = table.groupby(["size", "P"])["loss"].agg(lambda loss: loss.max() - loss.min())
+        print(f"  (means over {table['seed'].nunique()} seeds; one cell's seeds differ by up to {spread.max():.4f})")
 
 
 class SweepReport(Callback):
