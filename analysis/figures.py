@@ -100,7 +100,9 @@ def loss_vs_params(result: FitResult, table: pd.DataFrame | None = None, ax=None
                 edgecolor="black", linewidth=0.5, zorder=3, label=P_label(P), gid=f"observed P={P:g}",
             )
         if "size" in runs.columns:
-            for row in runs[runs["P"] == all_P[0]].itertuples():
+            # One label per size, above its highest smallest-P point: with several seeds a size has several.
+            smallest_P = runs[runs["P"] == all_P[0]]
+            for row in smallest_P.loc[smallest_P.groupby("size")["loss"].idxmax()].itertuples():
                 ax.annotate(str(row.size), (row.params, row.loss), xytext=(2, 5), textcoords="offset points", fontsize=7)
         lines = [_param_text(name, value) for name, value in result.params.items()] + [f"$R^2 = {result.r2:.4f}$"]
         ax.text(0.03, 0.04, "\n".join(lines), transform=ax.transAxes, va="bottom", ha="left", fontsize=7)
