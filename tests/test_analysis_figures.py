@@ -56,6 +56,17 @@ def test_loss_vs_params_draws_the_fitted_curves_and_the_runs(stack, tmp_path):
     assert saved_size(figure, tmp_path) == (round(width * SAVE_DPI), round(height * SAVE_DPI))
 
 
+def test_loss_vs_params_labels_each_size_once_over_seeds(stack):
+    table, _ = stack
+    seeds = pd.concat([table.assign(seed=0), table.assign(seed=1, loss=table["loss"] + 0.01)], ignore_index=True)
+    figure = figures.loss_vs_params(fit(seeds), seeds)
+    labels = [t for t in figure.axes[0].texts if t.get_text() in set(table["size"])]
+    assert sorted(t.get_text() for t in labels) == sorted(set(table["size"]))
+    label_1_6b = next(t for t in labels if t.get_text() == "1.6B")
+    highest = seeds[(seeds["size"] == "1.6B") & (seeds["P"] == 1)]["loss"].max()
+    assert label_1_6b.xy[1] == pytest.approx(highest)
+
+
 def test_contours_map_the_predicted_loss_over_N_and_P(stack):
     table, result = stack
     figure = figures.loss_contours(result, table)
