@@ -262,10 +262,15 @@ def _cost(config: TrainConfig) -> float:
 KEEP_FREED_MEMORY = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
 
 
+def cpu_cell_environment(threads: int) -> dict[str, str]:
+    """The environment of a training process on the CPU: `threads` math threads and the allocator above."""
+    return {"GLIBC_TUNABLES": KEEP_FREED_MEMORY, **os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
 def _run_workers(queue: list[PlannedCell], sweep_dir: Path, parallel: int, threads: int, interval_s: float) -> list[JobReturn]:
     config_dir = sweep_dir / CELL_CONFIGS
     config_dir.mkdir(parents=True, exist_ok=True)
-    env = {"GLIBC_TUNABLES": KEEP_FREED_MEMORY, **os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = cpu_cell_environment(threads)
     pending, running, finished = list(queue), {}, {}
     started_at, last_report = time.time(), 0.0
     spent = {"seconds": 0.0, "cost": 0.0}  # of finished cells: what the ETA scales by

@@ -4,7 +4,7 @@
 
 Each P runs the real training loop (`python -m sweeps.train`, default config unless overridden) in a
 process of its own, so that the peak memory is that run's alone (peak resident set on a CPU, peak CUDA
-allocation on a GPU), with the memory allocator set as the local grid launcher sets it. Throughput counts
+allocation on a GPU), in the environment the local grid launcher gives its cells. Throughput counts
 input tokens (not P x tokens) and is the median over the steps after the first five; --threads pins torch's
 CPU threads, since a shared machine makes more threads erratic."""
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from .config import load_config
-from .launchers import KEEP_FREED_MEMORY
+from .launchers import cpu_cell_environment
 from .tracking import read_metrics
 
 WARMUP_STEPS = 5
@@ -33,7 +32,7 @@ def measure(parscale_n: int, model: str, steps: int, threads: int, overrides: li
         done = subprocess.run(
             [sys.executable, "-m", "sweeps.train", *settings, f"tokens={tokens}", f"hydra.run.dir={run_dir}",
              "wandb.mode=disabled", f"eval_interval={steps}", f"checkpoint_interval={steps}", f"log_interval={steps}"],
-            env={"GLIBC_TUNABLES": KEEP_FREED_MEMORY, **os.environ, "OMP_NUM_THREADS": str(threads)}, capture_output=True, text=True,
+            env=cpu_cell_environment(threads), capture_output=True, text=True,
         )
         if done.returncode:
             raise SystemExit(f"P={parscale_n} failed:\n{done.stderr[-3000:]}")
