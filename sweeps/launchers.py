@@ -196,8 +196,15 @@ class SlurmGridLauncher(SlurmLauncher):
             if int(self.params[key]) < 1:
                 raise LaunchError(f"hydra.launcher.{key}={self.params[key]} must be at least 1")
         # sinfo: one "PARTITION GRES" line per partition, e.g. "gpu gpu:8" or "debug (null)".
-        listing = subprocess.run(["sinfo", "-h", "-o", "%R %G"], capture_output=True, text=True).stdout.split("\n")
-        gres = dict(line.split(" ", 1) for line in listing if " " in line)
+        sinfo = subprocess.run(["sinfo", "-h", "-o", "%R %G"], capture_output=True, text=True)
+        if sinfo.returncode:
+            # Installed but not running (or unreachable): sbatch would fail later with its own multi-line noise.
+            raise LaunchError(
+                f"SLURM does not answer here (sinfo: {(sinfo.stderr.strip().splitlines() or [f'exit {sinfo.returncode}'])[0]}): "
+                "start its controller, "
+                "or run the grid at tiny scale on this machine with scale=tiny"
+            )
+        gres = dict(line.split(" ", 1) for line in sinfo.stdout.split("\n") if " " in line)
         partition = self.params.get("partition")
         if partition and gres and partition not in gres:
             raise LaunchError(f"hydra.launcher.partition={partition} is not a partition of this cluster; choose one of {', '.join(gres)}")

@@ -95,8 +95,9 @@ def test_invalid_overrides_fail_before_anything_runs(tmp_path, overrides, messag
 
 
 def test_paper_scale_is_refused_without_a_gpu_cluster(tmp_path):
-    # Without SLURM: "SLURM is not available here ... scale=tiny". With the local CPU-only test cluster:
-    # the paper's 8 GPUs per cell are refused before submission.
+    # Without SLURM: "SLURM is not available here ... scale=tiny". With SLURM installed but its controller
+    # down: "SLURM does not answer here ... scale=tiny". With the local CPU-only test cluster: the paper's
+    # 8 GPUs per cell are refused before submission.
     done = launch(tmp_path, "+grid=pile", timeout=120)
     assert done.returncode != 0
     line = done.stderr.strip()
