@@ -72,6 +72,8 @@ class OptimConfig:
     warmup_fraction: float = 0.05  # of all steps, linear from 0
     decay_fraction: float = 0.2  # wsd only: the final fraction of steps decays linearly to min_lr_ratio
     min_lr_ratio: float = 0.1  # final learning rate / peak
+    parscale_lr_scale: float = 1.0  # the prefixes' and aggregator's learning rate / the backbone's
+    parscale_weight_decay: Optional[float] = None  # on the prefixes and aggregator's matrices; None: weight_decay
 
 
 @dataclass
@@ -207,6 +209,8 @@ def check(config: TrainConfig) -> None:
             raise ConfigError(f"{key}={value!r} is unknown; use one of {', '.join(allowed)}")
     if not 0 <= config.optim.warmup_fraction < 1 or not 0 < config.optim.decay_fraction <= 1:
         raise ConfigError("optim.warmup_fraction must lie in [0, 1) and optim.decay_fraction in (0, 1]")
+    if config.optim.parscale_lr_scale <= 0:
+        raise ConfigError(f"optim.parscale_lr_scale={config.optim.parscale_lr_scale} must be positive (1 = the backbone's rate)")
     if not 0 <= config.loss_smoothing < 1:
         raise ConfigError(f"loss_smoothing={config.loss_smoothing} must lie in [0, 1)")
     if config.freeze_backbone and not config.init_from:

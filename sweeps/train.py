@@ -36,7 +36,7 @@ import yaml
 from submitit.helpers import Checkpointable
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
 
-from models import Qwen2ParScaleForCausalLM, config_from_mapping, count_parameters
+from models import Qwen2ParScaleForCausalLM, config_from_mapping, count_parameters, is_parscale_parameter
 
 from . import distributed
 from .checkpoint import CHECKPOINT, PreemptionGuard, atomic_write_text, load_checkpoint, replace_directory, save_checkpoint
@@ -198,7 +198,7 @@ def train_step(trained, optimizer, batches, shards, lr, config, autocast, env) -
     """One optimiser step over this process's micro-batches; returns the loss averaged over all processes
     and the gradient norm before clipping."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group["lr_scale"]
     loss_sum = torch.zeros((), device=env.device)
     for index, shard in enumerate(shards):
         input_ids = batches.next(shard).to(env.device)
@@ -257,12 +257,18 @@ def _stage_one_checkpoint(path: Path) -> Path:
 
 
 def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (and the prefixes), none on norms and biases."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": optim.weight_decay},
-        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
-    ]
+    """AdamW with weight decay on the backbone's matrices, none on norms and biases; the ParScale parameters
+    (prefixes and aggregator) in groups of their own, with `optim.parscale_lr_scale` times the learning rate
+    and `optim.parscale_weight_decay` (default: the backbone's) on their matrices."""
+    parscale_decay = optim.weight_decay if optim.parscale_weight_decay is None else optim.parscale_weight_decay
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    groups = []
+    for is_parscale, lr_scale, decay in ((False, 1.0, optim.weight_decay), (True, optim.parscale_lr_scale, parscale_decay)):
+        chosen = [p for name, p in named if is_parscale_parameter(name) == is_parscale]
+        for matrices, weight_decay in ((True, decay), (False, 0.0)):
+            params = [p for p in chosen if (p.ndim >= 2) == matrices]
+            if params:
+                groups.append({"params": params, "weight_decay": weight_decay, "lr_scale": lr_scale})
     return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
 
 

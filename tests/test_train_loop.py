@@ -174,3 +174,18 @@ def test_activation_checkpointing_keeps_the_numbers_and_bf16_stays_close(tmp_pat
     assert checkpointed["loss"] == pytest.approx(plain["loss"], abs=1e-6)
     bf16 = train(tiny_config(tmp_path / "bf16", 4, "parscale_n=2", "precision=bf16"))
     assert bf16["loss"] != plain["loss"] and bf16["loss"] == pytest.approx(plain["loss"], abs=0.05)
+
+
+def test_parscale_parameters_get_their_own_learning_rate_and_decay(tmp_path):
+    from sweeps.train import build_model, build_optimizer, train_step  # noqa: F401  (train_step sets the lr)
+
+    config = tiny_config(tmp_path / "run", 5, "parscale_n=2", "optim.parscale_lr_scale=4", "optim.parscale_weight_decay=0")
+    model = build_model(config, vocab_size=259)
+    optimizer = build_optimizer(model, config.optim)
+    by_scale = {}
+    for group in optimizer.param_groups:
+        by_scale.setdefault(group["lr_scale"], []).append(group)
+    parscale = {id(p) for g in by_scale[4.0] for p in g["params"]}
+    assert parscale == {id(p) for p in model.parscale_state_dict().values()}
+    assert all(g["weight_decay"] == 0 for g in by_scale[4.0])
+    assert {g["weight_decay"] for g in by_scale[1.0]} == {config.optim.weight_decay, 0.0}
