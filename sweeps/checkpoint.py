@@ -1,19 +1,38 @@
-"""Atomic files, checkpoints, and stopping cleanly when the job is about to be preempted.
+"""Atomic files, sharded checkpoints, and stopping cleanly when the job is about to be preempted.
 
-Every file a restart trusts (config.yaml, checkpoint.pt, result.json, the exported model) is written to a
-temporary name in the same directory and moved into place with os.replace, so a crash leaves either the old
-file or the new one, never half of one. checkpoint.pt holds only tensors and plain containers, so it loads
-with `torch.load(path, weights_only=True)`."""
+Every small file a restart trusts (config.yaml, result.json, the exported model) is written to a temporary
+name in the same directory and moved into place with os.replace, so a crash leaves either the old file or the
+new one, never half of one.
+
+Checkpoints are torch.distributed.checkpoint (DCP) directories, one per saved step:
+
+    checkpoints/step-00000500/   .metadata, __<rank>_0.distcp (each process writes its own shards),
+                                 rank-<r>.pt (that process's data position and RNG), meta.json (step, loss EMA,
+                                 elapsed time, run id, process count, micro-batch size, how long the save took)
+    checkpoints/.step-00000600.tmp/   a save in progress (or interrupted): never read, removed on the next start
+
+A save writes into the .tmp directory; once every process has written its part (DCP's metadata file is
+written last, by rank 0, after gathering the others'), rank 0 renames it to step-N: a rename is atomic, so a
+step-N directory is always whole, and an interrupted save never replaces a good checkpoint. The newest
+`keep` complete checkpoints are kept. With `async_save`, DCP copies the state to host memory and writes it in
+a background thread while training goes on (over a gloo group of its own, so its collectives never interleave
+with the training's NCCL ones); the next save, a stop or the end of the run waits for it. Because the model
+and optimiser state are saved as sharded tensors with their global shapes, a checkpoint loads into any number
+of processes (DCP reshards on load)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
+import time
+import warnings
 from pathlib import Path
 
-
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINTS = "checkpoints"
+META = "meta.json"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -25,34 +44,126 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def save_checkpoint(run_dir: Path, state: dict) -> None:
-    path = run_dir / CHECKPOINT
-    temporary = path.with_name(f".{path.name}.tmp")
-    import torch  # here, not at the top: the sweep launcher imports this module and needs no torch
-
-    with open(temporary, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def load_checkpoint(run_dir: Path) -> dict | None:
-    """The run's last checkpoint, or None. mmap: the processes of one node share the file's pages instead
-    of each holding a copy of the full model and optimiser state."""
-    path = run_dir / CHECKPOINT
-    if not path.exists():
-        return None
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-
-
 def replace_directory(temporary: Path, final: Path) -> None:
     """Moves a fully written directory into place (a leftover from an interrupted attempt is removed first)."""
     if final.exists():
         shutil.rmtree(final)
     os.replace(temporary, final)
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's complete checkpoint directories, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(path for path in root.glob("step-*") if (path / META).exists())
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = complete_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def read_meta(checkpoint_dir: Path) -> dict:
+    return json.loads((Path(checkpoint_dir) / META).read_text())
+
+
+class Checkpointer:
+    """Saves and loads one run's checkpoints (see the module docstring); every process makes the same calls."""
+
+    def __init__(self, run_dir: Path, env, keep: int = 2, async_save: bool = True):
+        import torch.distributed as dist
+
+        self.root = Path(run_dir) / CHECKPOINTS
+        self.env, self.keep = env, keep
+        self.distributed = dist.is_initialized()
+        self.async_save = async_save and self.distributed
+        # DCP's background thread runs collectives of its own: a separate gloo group keeps them off NCCL.
+        self.group = dist.new_group(backend="gloo") if self.async_save else None
+        self.pending = None  # (future, temporary dir, final dir, meta, started)
+        if env.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for stale in self.root.glob(".step-*.tmp"):
+                shutil.rmtree(stale, ignore_errors=True)
+        self._barrier()
+
+    def save(self, step: int, state: dict, rank_state: dict, meta: dict, blocking: bool = False) -> float:
+        """Starts saving `state` (DCP: {"model": ..., "optimizer": ...}) and this process's `rank_state` as step
+        `step`; returns the seconds training was blocked. Blocking saves are finished on return."""
+        import torch
+        import torch.distributed.checkpoint as dcp
+
+        started = time.perf_counter()
+        self.wait()
+        temporary = self.root / f".step-{step:08d}.tmp"
+        final = self.root / f"step-{step:08d}"
+        if self.env.is_main:
+            temporary.mkdir(parents=True, exist_ok=True)
+        self._barrier()
+        torch.save(rank_state, temporary / f"rank-{self.env.rank}.pt")
+        if self.async_save and not blocking:
+            future = dcp.async_save(state, checkpoint_id=str(temporary), process_group=self.group)
+        else:
+            with _single_process_quiet():
+                dcp.save(state, checkpoint_id=str(temporary), no_dist=not self.distributed)
+            future = None
+        blocked_s = time.perf_counter() - started
+        self.pending = (future, temporary, final, {**meta, "step": step, "blocked_s": blocked_s}, started)
+        if future is None:
+            self.wait()
+        return blocked_s
+
+    def poll(self) -> None:
+        """Finishes an asynchronous save whose writes are done (cheap; call after every step)."""
+        if self.pending is not None and self.pending[0] is not None and self.pending[0].done():
+            self.wait()
+
+    def wait(self) -> None:
+        """Waits for the save in flight, if any, and moves it into place."""
+        if self.pending is None:
+            return
+        future, temporary, final, meta, started = self.pending
+        self.pending = None
+        if future is not None:
+            future.result()  # DCP's coordinator (rank 0) writes its metadata after every process has written
+        if self.env.is_main:
+            meta["save_s"] = time.perf_counter() - started
+            atomic_write_text(temporary / META, json.dumps(meta, indent=1) + "\n")
+            replace_directory(temporary, final)
+            for old in complete_checkpoints(self.root.parent)[:-self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, checkpoint_dir: Path, state: dict) -> dict:
+        """Loads a checkpoint into `state` in place (resharding to this process count); returns this process's
+        rank state (its own, or rank 0's when the process count changed), or {} if there is none."""
+        import torch
+        import torch.distributed.checkpoint as dcp
+
+        with _single_process_quiet():
+            dcp.load(state, checkpoint_id=str(checkpoint_dir), no_dist=not self.distributed)
+        own = Path(checkpoint_dir) / f"rank-{self.env.rank}.pt"
+        return torch.load(own, weights_only=True) if own.exists() else {}
+
+    def remove_all(self) -> None:
+        """Drops every checkpoint (the run has finished: its weights are in model/)."""
+        self.wait()
+        self._barrier()
+        if self.env.is_main:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def _barrier(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+@contextlib.contextmanager
+def _single_process_quiet():
+    """DCP warns on every single-process save and load that it assumes a single process, which is the point."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 class PreemptionGuard:

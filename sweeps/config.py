@@ -23,6 +23,7 @@ DATA_SOURCES = ("hub", "stdlib-code", "stdlib-prose")
 LOCAL_BUILDERS = ("json", "text", "csv", "parquet", "arrow")  # datasets builders that read data_files
 SCHEDULES = ("cosine", "wsd", "constant")
 PRECISIONS = ("fp32", "bf16")
+ATTENTION = ("sdpa", "flash_attention_2", "eager")
 STRATEGIES = ("auto", "ddp", "fsdp")
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -34,9 +35,17 @@ RESUMABLE_CHANGES = (
     "log_interval",
     "eval_interval",
     "checkpoint_interval",
+    "checkpoint_interval_min",
+    "checkpoints_keep",
+    "async_checkpoint",
+    "distributed_timeout_min",
     "strategy",
     "fsdp_min_params",
+    "micro_batch_size",
     "activation_checkpointing",
+    "compile",
+    "attn_implementation",
+    "loss_chunk_tokens",
 )
 
 
@@ -101,12 +110,19 @@ class TrainConfig:
     eval_interval: int = 100  # steps; the last step is always evaluated
     eval_sequences: int = 64
     log_interval: int = 20
-    checkpoint_interval: int = 100
+    checkpoint_interval: int = 100  # steps between checkpoints
+    checkpoint_interval_min: float = 0.0  # also save when this many minutes have passed since the last save; 0: off
+    checkpoints_keep: int = 2  # complete checkpoints kept (the newest)
+    async_checkpoint: bool = True  # with a process group: write checkpoints in the background
+    distributed_timeout_min: float = 30.0  # collectives (and checkpoint writes) slower than this fail the job
     loss_smoothing: float = 0.95  # EMA factor of the smoothed training loss (the `loss` of the results table)
-    precision: str = "fp32"  # one of PRECISIONS; bf16 is autocast, weights and optimiser stay fp32
+    precision: str = "fp32"  # one of PRECISIONS; bf16: FSDP2 mixed precision (bf16 compute, fp32 master and reduce)
     strategy: str = "auto"  # one of STRATEGIES; auto: ddp below fsdp_min_params total parameters, else fsdp
     fsdp_min_params: float = 1e9
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = False  # per decoder block
+    compile: Optional[bool] = None  # torch.compile per decoder block; None: on CUDA only
+    attn_implementation: str = "sdpa"  # one of ATTENTION
+    loss_chunk_tokens: int = 4096  # tokens per chunk of the cross-entropy (the logits never exist whole)
     init_from: Optional[str] = None  # two-stage: a finished P = 1 run dir or a Qwen2 checkpoint dir
     freeze_backbone: bool = False  # two-stage: train only the prefixes and the aggregator
 
@@ -182,7 +198,7 @@ def check(config: TrainConfig) -> None:
     if config.data.eval_split is None and not 0 < config.data.holdout_fraction < 1:
         raise ConfigError(f"data.holdout_fraction={config.data.holdout_fraction} must lie in (0, 1) when data.eval_split is null")
     for key in ("seq_len", "global_batch_size", "micro_batch_size", "eval_sequences", "eval_interval",
-                "log_interval", "checkpoint_interval"):
+                "log_interval", "checkpoint_interval", "checkpoints_keep", "loss_chunk_tokens"):
         if getattr(config, key) < 1:
             raise ConfigError(f"{key}={getattr(config, key)} must be at least 1")
     if config.seed < 0:
@@ -203,7 +219,8 @@ def check(config: TrainConfig) -> None:
             f"seq_len={config.seq_len} exceeds the model's max_position_embeddings={max_positions}; lower seq_len"
         )
     choices = {"optim.schedule": (config.optim.schedule, SCHEDULES), "precision": (config.precision, PRECISIONS),
-               "strategy": (config.strategy, STRATEGIES), "wandb.mode": (config.wandb.mode, WANDB_MODES)}
+               "strategy": (config.strategy, STRATEGIES), "wandb.mode": (config.wandb.mode, WANDB_MODES),
+               "attn_implementation": (config.attn_implementation, ATTENTION)}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is unknown; use one of {', '.join(allowed)}")
@@ -211,6 +228,8 @@ def check(config: TrainConfig) -> None:
         raise ConfigError("optim.warmup_fraction must lie in [0, 1) and optim.decay_fraction in (0, 1]")
     if config.optim.parscale_lr_scale <= 0:
         raise ConfigError(f"optim.parscale_lr_scale={config.optim.parscale_lr_scale} must be positive (1 = the backbone's rate)")
+    if config.checkpoint_interval_min < 0 or config.distributed_timeout_min <= 0:
+        raise ConfigError("checkpoint_interval_min must be >= 0 (0: off) and distributed_timeout_min > 0 (minutes)")
     if not 0 <= config.loss_smoothing < 1:
         raise ConfigError(f"loss_smoothing={config.loss_smoothing} must lie in [0, 1)")
     if config.freeze_backbone and not config.init_from:

@@ -241,6 +241,8 @@ class StreamedBatches:
     batch of one of its shards (see the module docstring). The state is the stream position, the count of
     documents dealt, and each shard's tokens not yet used."""
 
+    positional = False  # the position is state, kept per process
+
     def __init__(self, documents, tokenizer, seq_len: int, micro_batch_size: int, num_shards: int, shards: range):
         self.documents, self.tokenizer = documents, tokenizer
         self.seq_len, self.micro_batch_size, self.num_shards = seq_len, micro_batch_size, num_shards
@@ -288,6 +290,8 @@ class ShuffledRows:
     visited in a new seeded order every epoch, and micro-batch k of shard s holds the rows at positions
     (k * S + s) * micro_batch_size ... of that endless order, so any split of the shards over processes
     sees the same rows. The state is the count of micro-batches each shard has drawn."""
+
+    positional = False
 
     def __init__(self, rows: torch.Tensor, micro_batch_size: int, num_shards: int, shards: range, seed: int):
         if rows.shape[0] < micro_batch_size * num_shards:

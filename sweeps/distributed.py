@@ -1,12 +1,13 @@
 """Processes and devices. One process per GPU (or one per CPU test worker), started by torchrun (RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT in the environment) or by SLURM with one task per GPU (srun, or
 submitit, which runs srun; the rendezvous is then the first node of the allocation). Anything else is a
-single process. DDP replicates the model; FSDP2 (`fully_shard`, each
-decoder layer then the root) shards parameters, gradients and optimiser state across processes."""
+single process; it gets a one-process group when the model is wrapped in FSDP2 anyway (bf16: see
+sweeps/parallelize.py). Collectives time out after `timeout_min` (NCCL's default of 10 minutes is shorter
+than a large checkpoint can take on a slow file system)."""
 
 from __future__ import annotations
 
-import contextlib
+import datetime
 import os
 import re
 import resource
@@ -28,7 +29,9 @@ class Environment:
         return self.rank == 0
 
 
-def init() -> Environment:
+def init(timeout_min: float = 30.0, single_process_group: bool = False) -> Environment:
+    """This process's place among the processes of the run; joins their process group. `single_process_group`:
+    a lone process gets a group of one as well."""
     if "RANK" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         _export_slurm_rendezvous()
     rank = int(os.environ.get("RANK", 0))
@@ -39,8 +42,13 @@ def init() -> Environment:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = datetime.timedelta(minutes=timeout_min)
+    if not dist.is_initialized():
+        if world_size > 1:
+            dist.init_process_group(backend=backend, timeout=timeout)
+        elif single_process_group:
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     return Environment(rank, world_size, local_rank, device)
 
 
@@ -72,32 +80,6 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def wrap(model: torch.nn.Module, env: Environment, strategy: str) -> torch.nn.Module:
-    """The model as trained by `strategy` ("ddp" or "fsdp"); unchanged in a single process."""
-    if env.world_size == 1:
-        return model
-    if strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        for layer in model.model.layers:
-            fully_shard(layer)
-        fully_shard(model)
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-
-
-def gradient_sync(model: torch.nn.Module, sync: bool):
-    """Context for one micro-batch's backward pass: gradients are reduced across processes on the last
-    micro-batch of a step only, the others accumulate locally."""
-    if hasattr(model, "no_sync"):  # DDP
-        return contextlib.nullcontext() if sync else model.no_sync()
-    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
-        model.set_requires_gradient_sync(sync)
-    return contextlib.nullcontext()
-
-
 def all_sum(values: list[float], env: Environment) -> list[float]:
     if env.world_size == 1:
         return values
@@ -106,21 +88,13 @@ def all_sum(values: list[float], env: Environment) -> list[float]:
     return tensor.tolist()
 
 
-def all_max(value: int, env: Environment) -> int:
+def all_max(values: list[int], env: Environment) -> list[int]:
+    """The largest of each value over all processes."""
     if env.world_size == 1:
-        return value
-    tensor = torch.tensor([value], device=env.device)
+        return values
+    tensor = torch.tensor(values, device=env.device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return int(tensor.item())
-
-
-def gather(obj, env: Environment) -> list:
-    """Every process's `obj`, in rank order, on every process."""
-    if env.world_size == 1:
-        return [obj]
-    gathered = [None] * env.world_size
-    dist.all_gather_object(gathered, obj)
-    return gathered
+    return [int(value) for value in tensor.tolist()]
 
 
 def barrier(env: Environment) -> None:

@@ -2,18 +2,21 @@
 
     python -m sweeps.train model=tiny-128 data=stdlib-code parscale_n=2 tokens=2000000
     torchrun --nproc_per_node 8 -m sweeps.train model=0.5B data=pile parscale_n=4 tokens=42000000000 \
-        seq_len=2048 global_batch_size=1024 micro_batch_size=8 precision=bf16         # the paper's setup
+        seq_len=2048 global_batch_size=1024 micro_batch_size=4 precision=bf16         # the paper's setup
     python -m sweeps.train model=tiny-128 parscale_n=4 init_from=runs/stdlib-code/tiny-128-P1-s0 \
         freeze_backbone=true tokens=200000 hydra.run.dir=runs/stage2/tiny-128-P4       # stage 2
 
 In Python: `train(load_config([..., "run_dir=PATH"]))` returns the row. On SLURM with submitit, submit
-`TrainJob()` with the config, one task per GPU.
+`TrainJob()` with the config, one task per GPU. How the model is laid out (FSDP2, bf16, compile, activation
+checkpointing) is sweeps/parallelize.py; the loss is sweeps/loss.py; checkpoints are sweeps/checkpoint.py.
 
 The run dir (Hydra's `hydra.run.dir`, or `hydra.sweep.dir/subdir` per cell of a multirun; `run_dir` in
 Python) is where everything is written and where a restart looks first:
-    config.yaml      the resolved config (a restart with a different one is refused)
+    config.yaml      the resolved config (a restart with a different one is refused; settings that do not
+                     change the run's math, such as the micro-batch, checkpointing, compile or the number of
+                     processes, may change)
     metrics.jsonl    one row per step: loss, smoothed loss, eval loss (when evaluated), lr, tokens/s, memory
-    checkpoint.pt    the latest checkpoint (removed once the run is done; the weights stay in model/)
+    checkpoints/     the newest sharded checkpoints (removed once the run is done; the weights stay in model/)
     model/           the final weights as a Hugging Face checkpoint (init_from of a stage-2 run)
     result.json      the run's row of the results table, written last
     wandb/           wandb's local files
@@ -36,10 +39,11 @@ import yaml
 from submitit.helpers import Checkpointable
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
 
-from models import Qwen2ParScaleForCausalLM, config_from_mapping, count_parameters, is_parscale_parameter
+from models import count_parameters
 
-from . import distributed
-from .checkpoint import CHECKPOINT, PreemptionGuard, atomic_write_text, load_checkpoint, replace_directory, save_checkpoint
+from . import distributed, parallelize
+from .build import build_optimizer, build_trained, model_config, resolve_strategy
+from .checkpoint import Checkpointer, PreemptionGuard, atomic_write_text, latest_checkpoint, read_meta, replace_directory
 from .config import CONF_DIR, ConfigError, OptimConfig, TrainConfig, check, check_group_choices, differences, from_mapping, identity, run_id
 from .data import eval_batch, load_tokenizer, training_batches
 from .tracking import MetricsLog, WandbLogger, git_revision, progress_line
@@ -49,9 +53,9 @@ FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 def train(config: TrainConfig) -> dict:
     """Trains one run to its token budget and returns its results-table row (also run_dir/result.json).
-    Resumes from the run dir's checkpoint if there is one; a finished run returns its row at once."""
+    Resumes from the run dir's newest checkpoint if there is one; a finished run returns its row at once."""
     check(config)
-    env = distributed.init()
+    env = distributed.init(config.distributed_timeout_min, single_process_group=config.precision == "bf16")
     try:
         return _train(config, env)
     finally:
@@ -64,6 +68,8 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
     _claim(run_dir, config, env)
     if (run_dir / "result.json").exists():
         return json.loads((run_dir / "result.json").read_text())
+    if (run_dir / "checkpoint.pt").exists():
+        raise ConfigError(f"{run_dir} holds a checkpoint.pt of an older version of this toolkit; start the run in a new run dir")
 
     num_shards = config.global_batch_size // config.micro_batch_size
     if num_shards % env.world_size or config.eval_sequences % env.world_size:
@@ -75,18 +81,13 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
 
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.data)
-    model = build_model(config, tokenizer.vocab_size)
-    counts = count_parameters(model.config)
-    strategy = config.strategy
-    if strategy == "auto":
-        strategy = "fsdp" if counts.total >= config.fsdp_min_params else "ddp"
-    model.train()  # from_pretrained (two-stage) returns eval mode, in which HF skips activation checkpointing
-    if config.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.to(env.device)
-    trained = distributed.wrap(model, env, strategy)
-    optimizer = build_optimizer(model, config.optim)
-    autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    built = model_config(config, tokenizer.vocab_size)
+    counts = count_parameters(built)
+    strategy = resolve_strategy(config, counts.total)
+    compile_blocks = env.device.type == "cuda" if config.compile is None else config.compile
+    trained, lm = build_trained(config, built, env, strategy, compile_blocks)
+    optimizer = build_optimizer(trained, config.optim, fused=env.device.type == "cuda")
+    layout = "single" if not parallelize.uses_fsdp(env, config.precision) else strategy
 
     shards = range(env.rank * accumulation, (env.rank + 1) * accumulation)
     batches = training_batches(config.data, tokenizer, config.seq_len, config.micro_batch_size, num_shards, shards,
@@ -95,45 +96,53 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
 
     total_steps, the_run_id = config.total_steps, run_id(config)
     step, ema, elapsed_before = 0, 0.0, 0.0
-    checkpoint = load_checkpoint(run_dir)
-    if checkpoint is not None:
-        if checkpoint["run_id"] != the_run_id:
-            raise ConfigError(f"{run_dir / CHECKPOINT} belongs to another run ({checkpoint['run_id']}); use a new run dir")
-        if checkpoint["world_size"] != env.world_size:
+    checkpointer = Checkpointer(run_dir, env, keep=config.checkpoints_keep, async_save=config.async_checkpoint)
+    latest = latest_checkpoint(run_dir)
+    if latest is not None:
+        meta = read_meta(latest)
+        if meta["run_id"] != the_run_id:
+            raise ConfigError(f"{latest} belongs to another run ({meta['run_id']}); use a new run dir")
+        same_layout = (meta["world_size"], meta["micro_batch_size"]) == (env.world_size, config.micro_batch_size)
+        if not same_layout and not batches.positional:
             raise ConfigError(
-                f"{run_dir / CHECKPOINT} was written by {checkpoint['world_size']} processes; resume it with "
-                f"{checkpoint['world_size']} (the data position is kept per process)"
+                f"{latest} was written by {meta['world_size']} process(es) at micro_batch_size={meta['micro_batch_size']}; "
+                "streamed data resumes only with the same layout: restore them, or prepare the data (python -m sweeps.prepare)"
             )
-        set_state_dict(model, optimizer, model_state_dict=checkpoint["model"],
-                       optim_state_dict=checkpoint["optimizer"], options=StateDictOptions(full_state_dict=True))
-        batches.load_state_dict(checkpoint["data"][env.rank])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if env.device.type == "cuda" and "cuda" in checkpoint["rng"]:
-            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], env.device)
-        step, ema, elapsed_before = checkpoint["step"], checkpoint["ema"], checkpoint["elapsed_s"]
-        del checkpoint
+        state = _training_state(trained, optimizer)
+        rank_state = checkpointer.load(latest, state)
+        set_state_dict(trained, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        if not batches.positional:
+            batches.load_state_dict(rank_state["data"])
+        if same_layout and "rng" in rank_state:
+            torch.set_rng_state(rank_state["rng"]["torch"])
+            if env.device.type == "cuda" and "cuda" in rank_state["rng"]:
+                torch.cuda.set_rng_state(rank_state["rng"]["cuda"], env.device)
+        step, ema, elapsed_before = meta["step"], meta["ema"], meta["elapsed_s"]
+        del state
 
     metrics = wandb = None
     if env.is_main:
         metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=step)
-        run_config = {**asdict(config), "run_id": the_run_id, "git_revision": git_revision(), "strategy": strategy,
+        run_config = {**asdict(config), "run_id": the_run_id, "git_revision": git_revision(), "strategy": layout,
                       "params": counts.non_embedding, "total_params": counts.total, "world_size": env.world_size}
         wandb = WandbLogger(config.wandb, run_dir, the_run_id, run_config)
         print(
             f"{'resuming at step ' + str(step) if step else 'starting'}: {config.size} P={config.parscale_n} "
             f"N={counts.non_embedding:,} on {config.data.name}, {total_steps} steps of {config.tokens_per_step:,} "
-            f"tokens, {env.world_size} process(es) ({strategy if env.world_size > 1 else 'single'}) x {accumulation} "
-            f"micro-batch(es), run dir {run_dir}",
+            f"tokens, {env.world_size} process(es) ({layout}) x {accumulation} micro-batch(es) of "
+            f"{config.micro_batch_size}, {config.precision}{', compiled' if compile_blocks else ''}"
+            f"{', activation checkpointing' if config.activation_checkpointing else ''}, run dir {run_dir}",
             flush=True,
         )
 
     attempt_start, attempt_first_step = time.perf_counter(), step
+    last_save = time.perf_counter()
     row = {}
     with PreemptionGuard() as guard:
         while step < total_steps:
             step_start = time.perf_counter()
             lr = learning_rate(step, total_steps, config.peak_lr, config.optim)
-            loss_value, grad_norm = train_step(trained, optimizer, batches, shards, lr, config, autocast, env)
+            loss_value, grad_norm = train_step(trained, optimizer, batches, shards, lr, config, strategy, env)
             step += 1
             if not math.isfinite(loss_value):
                 raise FloatingPointError(
@@ -153,7 +162,18 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
                 "memory_gb": distributed.peak_memory_gb(env),
             }
             if step % config.eval_interval == 0 or step == total_steps:
-                row["eval_loss"] = evaluate(trained, eval_rows, config.micro_batch_size, autocast, env)
+                row["eval_loss"] = evaluate(trained, eval_rows, config.micro_batch_size, env)
+            checkpointer.poll()
+            minutes_due = config.checkpoint_interval_min and time.perf_counter() - last_save >= 60 * config.checkpoint_interval_min
+            signum, due = distributed.all_max([guard.signum, int(bool(minutes_due))], env)
+            if step < total_steps and (signum or due or step % config.checkpoint_interval == 0):
+                row["checkpoint_s"] = checkpointer.save(
+                    step, _training_state(trained, optimizer), _rank_state(batches, env),
+                    {"ema": ema, "elapsed_s": elapsed_before + time.perf_counter() - attempt_start,
+                     "run_id": the_run_id, "world_size": env.world_size, "micro_batch_size": config.micro_batch_size},
+                    blocking=bool(signum),
+                )
+                last_save = time.perf_counter()
             row["elapsed_s"] = elapsed_before + time.perf_counter() - attempt_start
             if env.is_main:
                 metrics.append(row)
@@ -161,10 +181,6 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
                 if step % config.log_interval == 0 or "eval_loss" in row or step == total_steps:
                     per_step = (time.perf_counter() - attempt_start) / (step - attempt_first_step)
                     print(progress_line(row, total_steps, per_step * (total_steps - step)), flush=True)
-
-            signum = distributed.all_max(guard.signum, env)
-            if step < total_steps and (signum or step % config.checkpoint_interval == 0):
-                _save(run_dir, model, optimizer, batches, env, step, ema, row["elapsed_s"], the_run_id)
             if signum and step < total_steps:
                 if env.is_main:
                     print(f"signal {signum}: saved the checkpoint at step {step}; stopping for a restart", flush=True)
@@ -186,7 +202,9 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
         "steps": step,
         "final_train_loss": row["loss"],
     }
-    _finish(run_dir, model, env, result)
+    checkpointer.wait()
+    _finish(run_dir, trained, lm, env, result)
+    checkpointer.remove_all()
     if env.is_main:
         wandb.finish(result)
         print(f"done: loss {result['loss']:.4f} (smoothed), eval loss {result['eval_loss']:.4f}; {run_dir / 'result.json'}",
@@ -194,18 +212,19 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
     return result
 
 
-def train_step(trained, optimizer, batches, shards, lr, config, autocast, env) -> tuple[float, float]:
+def train_step(trained, optimizer, batches, shards, lr, config, strategy, env) -> tuple[float, float]:
     """One optimiser step over this process's micro-batches; returns the loss averaged over all processes
     and the gradient norm before clipping."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"]
     loss_sum = torch.zeros((), device=env.device)
     for index, shard in enumerate(shards):
-        input_ids = batches.next(shard).to(env.device)
-        with distributed.gradient_sync(trained, sync=index == len(shards) - 1):
-            with autocast:
-                loss = trained(input_ids=input_ids, labels=input_ids, use_cache=False).loss
-            (loss / len(shards)).backward()
+        input_ids = _to_device(batches.next(shard), env)
+        # ZeRO-3 reduce-scatters every micro-batch's gradients (nothing unsharded is kept between them); the
+        # DDP-like layout keeps them and reduces once per step.
+        parallelize.set_gradient_sync(trained, strategy == "fsdp" or index == len(shards) - 1)
+        loss = trained(input_ids)
+        (loss / len(shards)).backward()
         loss_sum += loss.detach()
     parameters = [p for p in trained.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.optim.grad_clip or math.inf)
@@ -217,59 +236,23 @@ def train_step(trained, optimizer, batches, shards, lr, config, autocast, env) -
     return loss_value, float(grad_norm)
 
 
-def build_model(config: TrainConfig, vocab_size: int) -> Qwen2ParScaleForCausalLM:
-    """The model to train: newly initialised from conf/model, or (two-stage) a P = 1 backbone from
-    `init_from` with newly initialised prefixes and aggregator for parscale_n streams."""
-    try:
-        model_config = config_from_mapping({**config.model, "parscale_n": config.parscale_n})
-    except ValueError as error:
-        raise ConfigError(f"model={config.size}: {error}") from None
-    if vocab_size > model_config.vocab_size:
-        raise ConfigError(
-            f"data={config.data.name} tokenizes into {vocab_size} ids but model={config.size} has vocab_size "
-            f"{model_config.vocab_size}; pair byte-level data (stdlib-*) with tiny sizes and hub data with paper sizes"
-        )
-    if config.init_from is None:
-        return Qwen2ParScaleForCausalLM(model_config)
-    source = _stage_one_checkpoint(Path(config.init_from))
-    prefix_settings = {key: getattr(model_config, key) for key in
-                       ("parscale_n_tokens", "parscale_attn_smooth", "parscale_prefix_init_std")}
-    model = Qwen2ParScaleForCausalLM.from_qwen2(str(source), parscale_n=config.parscale_n, **prefix_settings)
-    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_key_value_heads"):
-        if getattr(model.config, key) != getattr(model_config, key):
-            raise ConfigError(
-                f"init_from={config.init_from} has {key}={getattr(model.config, key)} but model={config.size} has "
-                f"{getattr(model_config, key)}; choose the model=<size> the checkpoint was trained as"
-            )
-    model = model.float()  # hub checkpoints are often bf16; AdamW keeps fp32 weights
-    if config.freeze_backbone:
-        model.freeze_backbone()
-    return model
+def _to_device(rows: torch.Tensor, env) -> torch.Tensor:
+    if env.device.type == "cuda":
+        return rows.pin_memory().to(env.device, non_blocking=True)
+    return rows
 
 
-def _stage_one_checkpoint(path: Path) -> Path:
-    if (path / "model" / "config.json").exists():
-        return path / "model"  # a finished run dir of this toolkit
-    if (path / "config.json").exists():
-        return path  # a Hugging Face Qwen2 (or P = 1 ParScale) checkpoint dir
-    hint = " (that run has not finished)" if (path / "config.yaml").exists() else ""
-    raise ConfigError(f"init_from={path} holds no model{hint}; point it at a finished P = 1 run dir or a Qwen2 checkpoint dir")
+def _training_state(trained, optimizer) -> dict:
+    """The model and optimiser state as DCP saves and loads it: sharded tensors with their global shapes."""
+    model_state, optimizer_state = get_state_dict(trained, optimizer)
+    return {"model": model_state, "optimizer": optimizer_state}
 
 
-def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on the backbone's matrices, none on norms and biases; the ParScale parameters
-    (prefixes and aggregator) in groups of their own, with `optim.parscale_lr_scale` times the learning rate
-    and `optim.parscale_weight_decay` (default: the backbone's) on their matrices."""
-    parscale_decay = optim.weight_decay if optim.parscale_weight_decay is None else optim.parscale_weight_decay
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    groups = []
-    for is_parscale, lr_scale, decay in ((False, 1.0, optim.weight_decay), (True, optim.parscale_lr_scale, parscale_decay)):
-        chosen = [p for name, p in named if is_parscale_parameter(name) == is_parscale]
-        for matrices, weight_decay in ((True, decay), (False, 0.0)):
-            params = [p for p in chosen if (p.ndim >= 2) == matrices]
-            if params:
-                groups.append({"params": params, "weight_decay": weight_decay, "lr_scale": lr_scale})
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
+def _rank_state(batches, env) -> dict:
+    rng = {"torch": torch.get_rng_state()}
+    if env.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(env.device)
+    return {"rng": rng, **({} if batches.positional else {"data": batches.state_dict()})}
 
 
 def learning_rate(step: int, total_steps: int, peak: float, optim: OptimConfig) -> float:
@@ -292,15 +275,14 @@ def learning_rate(step: int, total_steps: int, peak: float, optim: OptimConfig) 
 
 
 @torch.no_grad()
-def evaluate(trained, rows: torch.Tensor, micro_batch_size: int, autocast, env) -> float:
+def evaluate(trained, rows: torch.Tensor, micro_batch_size: int, env) -> float:
     """Mean held-out loss per token; each process evaluates its slice of the same rows."""
     per_process = rows.shape[0] // env.world_size
     mine = rows[env.rank * per_process:(env.rank + 1) * per_process]
     trained.eval()
     total = 0.0
     for batch in mine.split(micro_batch_size):
-        with autocast:
-            total += trained(input_ids=batch, labels=batch, use_cache=False).loss.item() * batch.shape[0]
+        total += trained(batch).item() * batch.shape[0]
     trained.train()
     return distributed.all_sum([total], env)[0] / rows.shape[0]
 
@@ -321,30 +303,15 @@ def _claim(run_dir: Path, config: TrainConfig, env) -> None:
         atomic_write_text(saved_path, yaml.safe_dump(asdict(config), sort_keys=False))
 
 
-def _save(run_dir, model, optimizer, batches, env, step, ema, elapsed_s, the_run_id) -> None:
-    model_state, optimizer_state = get_state_dict(model, optimizer, options=FULL_STATE)
-    data_states = distributed.gather(batches.state_dict(), env)
-    if env.is_main:
-        rng = {"torch": torch.get_rng_state()}
-        if env.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(env.device)
-        save_checkpoint(run_dir, {
-            "step": step, "ema": ema, "elapsed_s": elapsed_s, "run_id": the_run_id, "world_size": env.world_size,
-            "model": model_state, "optimizer": optimizer_state, "data": data_states, "rng": rng,
-        })
-    distributed.barrier(env)
-
-
-def _finish(run_dir: Path, model, env, result: dict) -> None:
-    """Writes model/ and then result.json (the mark of a finished run), then drops the checkpoint."""
-    state = get_model_state_dict(model, options=FULL_STATE)
+def _finish(run_dir: Path, trained, lm, env, result: dict) -> None:
+    """Writes model/ (gathered on rank 0) and then result.json, the mark of a finished run."""
+    state = get_model_state_dict(trained, options=FULL_STATE)
     if env.is_main:
         temporary = run_dir / ".model.tmp"
         shutil.rmtree(temporary, ignore_errors=True)
-        model.save_pretrained(temporary, state_dict=state)
+        lm.save_pretrained(temporary, state_dict=state)
         replace_directory(temporary, run_dir / "model")
         atomic_write_text(run_dir / "result.json", json.dumps(result, indent=1) + "\n")
-        (run_dir / CHECKPOINT).unlink(missing_ok=True)
     distributed.barrier(env)
 
 

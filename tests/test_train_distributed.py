@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from sweeps.checkpoint import latest_checkpoint
 from sweeps.tracking import read_metrics
 from sweeps.train import train
 from train_helpers import REPO, child_env, tiny_config, tiny_overrides
@@ -103,7 +104,7 @@ def test_fsdp_run_stopped_through_one_process_resumes_exactly(tmp_path):
     tasks[1].send_signal(signal.SIGUSR1)
     returncode, output = wait_for(tasks)
     assert [task.returncode for task in tasks] == [128 + signal.SIGUSR1] * 2, output[-3000:]
-    assert (run_dir / "checkpoint.pt").exists()
+    assert latest_checkpoint(run_dir) is not None
 
     returncode, output = wait_for(start_like_srun(arguments))
     assert returncode == 0 and "resuming at step" in output, output[-3000:]

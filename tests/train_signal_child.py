@@ -15,7 +15,7 @@ run_dir = Path(next(item for item in overrides if item.startswith("hydra.run.dir
 
 
 def requeue_handler(signum, frame):
-    marker.write_text(f"checkpoint present: {(run_dir / 'checkpoint.pt').exists()}")
+    marker.write_text(f"checkpoint present: {any((run_dir / 'checkpoints').glob('step-*/meta.json'))}")
 
 
 signal.signal(signal.SIGUSR2, requeue_handler)
