@@ -4,8 +4,8 @@ and the sweep directory holds `sweep.json`, the manifest the launcher writes bef
 A cell's state is read from the files the training job writes (see sweeps/train.py):
 
     done     result.json exists (written last, atomically)
-    failed   error.txt exists (the launcher writes the exception's last line there; a restart removes it)
-    running  metrics.jsonl or checkpoint.pt exists: started and not finished (on a cluster it may also be
+    failed   error.txt exists (written when a cell has failed `sweep.max_failures` times; a relaunch removes it)
+    running  metrics.jsonl or checkpoints/ exists: started and not finished (on a cluster it may also be
              waiting in the queue after a preemption; `updated` says when it last wrote a step)
     pending  nothing written yet
 """
@@ -19,10 +19,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
 
+from .checkpoint import CHECKPOINTS
 from .config import ConfigError, TrainConfig, from_mapping
 
 MANIFEST = "sweep.json"
 ERROR_FILE = "error.txt"
+ATTEMPTS_FILE = "attempts.json"
 STATES = ("pending", "running", "done", "failed")
 
 
@@ -65,10 +67,57 @@ class CellState:
     loss: float | None = None
     detail: str = ""
     updated: float | None = None  # seconds since the epoch of the last file the run wrote
+    attempts: int = 0
+    failures: int = 0
+
+
+class Attempts:
+    """attempts.json in a cell's directory: one entry per start of the cell (a requeue, a relaunch, a retry
+    after a crash), with how it ended: done, failed (with the error's last line), stopped (preempted or timed
+    out: it saved a checkpoint and was requeued), or nothing yet (running, or killed without a word)."""
+
+    def __init__(self, cell_dir: Path):
+        self.path = Path(cell_dir) / ATTEMPTS_FILE
+
+    def read(self) -> list[dict]:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return []
+
+    def start(self, job_id: str | None = None) -> None:
+        entries = self.read()
+        self._write([*entries, {"attempt": len(entries) + 1, "started": time.time(), "job_id": job_id}])
+
+    def end(self, outcome: str, error: str = "") -> None:
+        entries = self.read() or [{"attempt": 1, "started": None, "job_id": None}]
+        if "outcome" in entries[-1]:
+            return  # already ended (e.g. by the worker before its launcher saw it exit)
+        entries[-1].update(outcome=outcome, ended=time.time(), **({"error": error} if error else {}))
+        self._write(entries)
+
+    def failures(self) -> int:
+        return sum(entry.get("outcome") == "failed" for entry in self.read())
+
+    def _write(self, entries: list[dict]) -> None:
+        from .checkpoint import atomic_write_text
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps(entries, indent=1) + "\n")
 
 
 def read_cell(cell_dir: Path) -> CellState:
     cell_dir = Path(cell_dir)
+    state = _read_state(cell_dir)
+    entries = Attempts(cell_dir).read()
+    state.attempts = len(entries)
+    state.failures = sum(entry.get("outcome") == "failed" for entry in entries)
+    if not state.detail and entries and entries[-1].get("error") and state.state == "running":
+        state.detail = f"requeued after: {entries[-1]['error']}"
+    return state
+
+
+def _read_state(cell_dir: Path) -> CellState:
     name = cell_dir.name
     result = cell_dir / "result.json"
     if result.exists():
@@ -79,7 +128,7 @@ def read_cell(cell_dir: Path) -> CellState:
         lines = error.read_text().strip().splitlines()
         return CellState(name, "failed", detail=lines[-1] if lines else "", updated=error.stat().st_mtime)
     metrics = cell_dir / "metrics.jsonl"
-    if metrics.exists() or (cell_dir / "checkpoint.pt").exists():
+    if metrics.exists() or (cell_dir / CHECKPOINTS).exists():
         step = loss = None
         updated = None
         if metrics.exists():

@@ -9,6 +9,7 @@ collects, fits and draws."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
@@ -18,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .config import CONF_DIR, ConfigError, _one_line, check_group_choices
 from .cells import cell_config
-from .run_cell import run_cell
+from .run_cell import requeue_slurm_job, run_cell
 
 
 def check_choices(arguments: list[str]) -> None:
@@ -44,8 +45,10 @@ def check_choices(arguments: list[str]) -> None:
 # An absolute path: a relative one would be resolved as a Python package when this module is imported.
 @hydra.main(config_path=str(CONF_DIR), config_name="launch", version_base="1.3")
 def run_one_cell(cfg) -> None:
-    """Hydra's task function: one cell, in a SLURM job (or wherever Hydra's launcher runs it)."""
-    run_cell(cell_config(cfg))
+    """Hydra's task function: one cell, in a SLURM job (or wherever Hydra's launcher runs it); a crash requeues
+    the job until the cell has failed sweep.max_failures times."""
+    on_slurm = "SLURM_JOB_ID" in os.environ
+    run_cell(cell_config(cfg), max_failures=int(cfg.sweep.max_failures), requeue=requeue_slurm_job if on_slurm else None)
 
 
 def main() -> None:

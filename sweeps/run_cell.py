@@ -1,31 +1,70 @@
-"""One cell of a sweep: `train`, plus the failure mark that `sweeps.status` reads.
+"""One cell of a sweep: `train`, plus the record of its attempts and the failure mark that `sweeps.status`
+reads.
 
 Both launchers end here: the SLURM one through Hydra's task function (sweeps/launch.py), the local one in
-a worker process, `python -m sweeps.run_cell CELL.yaml`, where CELL.yaml is the cell's resolved config."""
+a worker process, `python -m sweeps.run_cell CELL.yaml [MAX_FAILURES]`, where CELL.yaml is the cell's
+resolved config.
+
+A cell that crashes (an exception: a non-finite loss, an NCCL error, running out of memory) is tried again
+from its last checkpoint, up to `sweep.max_failures` failed attempts in all: on SLURM the job requeues itself
+(`scontrol requeue`, as submitit does on a timeout); locally the launcher starts the worker again (also after
+a crash that left no error, such as a killed process). Then the cell is marked failed with the error's last
+line. A configuration error is not retried. A process killed on a SLURM node without raising (a segfault, a
+lost node) is outside this: SLURM's own requeue on node failure covers the latter."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import traceback
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .cells import ERROR_FILE
+from .cells import ERROR_FILE, Attempts
 from .checkpoint import atomic_write_text
 from .config import ConfigError, TrainConfig, from_mapping
 from .train import train
 
-def run_cell(config: TrainConfig) -> dict:
-    """Trains the cell; on an exception writes its message to error.txt (removed again by the next attempt)."""
-    error_file = Path(config.run_dir) / ERROR_FILE
-    error_file.unlink(missing_ok=True)
+
+def run_cell(config: TrainConfig, max_failures: int = 1, requeue=None) -> dict:
+    """Trains the cell and records the attempt (rank 0 only). On an exception: with fewer than `max_failures`
+    failed attempts so far, calls `requeue()` if given (SLURM) and re-raises, leaving the cell running;
+    otherwise writes error.txt (the cell has failed; a relaunch removes it) and re-raises."""
+    run_dir = Path(config.run_dir)
+    is_main = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0
+    attempts = Attempts(run_dir)
+    if is_main:
+        (run_dir / ERROR_FILE).unlink(missing_ok=True)
+        attempts.start(os.environ.get("SLURM_JOB_ID"))
     try:
-        return train(config)
-    except Exception as error:
-        Path(config.run_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(error_file, traceback.format_exc() + f"{type(error).__name__}: {_first_line(error)}\n")
+        row = train(config)
+    except SystemExit as stop:  # stopped on a signal after saving a checkpoint (sweeps/checkpoint.py)
+        if is_main:
+            attempts.end("stopped", f"exit {stop.code}")
         raise
+    except Exception as error:
+        line = f"{type(error).__name__}: {_first_line(error)}"
+        if is_main:
+            attempts.end("failed", line)
+            if isinstance(error, ConfigError) or attempts.failures() >= max_failures or requeue is None:
+                atomic_write_text(run_dir / ERROR_FILE, traceback.format_exc() + line + "\n")
+            else:
+                print(f"attempt {len(attempts.read())} failed ({line}); requeued", file=sys.stderr, flush=True)
+                requeue()
+        raise
+    if is_main:
+        attempts.end("done")
+    return row
+
+
+def requeue_slurm_job() -> None:
+    """Puts this SLURM job (array task) back in the queue; SLURM stops this attempt and starts it again."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if "SLURM_ARRAY_JOB_ID" in os.environ:
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    subprocess.run(["scontrol", "requeue", job], check=True)
 
 
 def _first_line(error: Exception) -> str:
@@ -35,11 +74,14 @@ def _first_line(error: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m sweeps.run_cell CELL.yaml", file=sys.stderr)
+    if len(args) not in (1, 2):
+        print("usage: python -m sweeps.run_cell CELL.yaml [MAX_FAILURES]", file=sys.stderr)
         return 2
     try:
-        run_cell(from_mapping(OmegaConf.load(args[0])))
+        # The local launcher starts the worker again itself ("requeue" is its next start): the cell is failed once
+        # the last allowed attempt fails.
+        max_failures = int(args[1]) if len(args) > 1 else 1
+        run_cell(from_mapping(OmegaConf.load(args[0])), max_failures, requeue=lambda: None)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,5 +1,5 @@
 """`python -m sweeps.status SWEEP_DIR`: one line per cell (pending, running, done, failed with the last
-error line) and a count of each state."""
+error line; attempts so far, and how many failed) and a count of each state."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ def format_cells(cells) -> str:
             parts.append(f"loss {cell.loss:.4f}")
         if cell.state == "running" and cell.updated is not None:
             parts.append(f"last step {now - cell.updated:.0f} s ago")
+        if cell.attempts:
+            parts.append(f"attempts {cell.attempts}" + (f" ({cell.failures} failed)" if cell.failures else ""))
         if cell.detail:
             parts.append(cell.detail)
         lines.append("  ".join(parts))

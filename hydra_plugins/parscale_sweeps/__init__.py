@@ -1,14 +1,20 @@
 """Registers the sweep launchers of sweeps/launchers.py with Hydra.
 
 Hydra instantiates a launcher only if its class is defined in a module of the `hydra_plugins` namespace
-package (it discovers plugins by scanning that package), so this module names them there; the code lives
-in sweeps/launchers.py."""
+package (it discovers plugins by scanning that package), so this module names them there, and registers the
+SLURM launcher's typed settings (`parscale_slurm_schema`, which conf/hydra/launcher/parscale_slurm.yaml
+extends); the code lives in sweeps/launchers.py."""
+
+from hydra.core.config_store import ConfigStore
 
 from sweeps import launchers
 
+ConfigStore.instance().store(group="hydra/launcher", name="parscale_slurm_schema", node=launchers.PlannedSlurmConf(),
+                             provider="parscale_sweeps")
+
 
 class SlurmGridLauncher(launchers.SlurmGridLauncher):
-    """SLURM job array per grid, returning after submission (see sweeps.launchers.SlurmGridLauncher)."""
+    """SLURM job arrays per grid, each cell planned for its GPUs (see sweeps.launchers.SlurmGridLauncher)."""
 
 
 class LocalGridLauncher(launchers.LocalGridLauncher):
