@@ -38,13 +38,14 @@ def resolve_strategy(config: TrainConfig, total_params: int) -> str:
 
 
 def build_trained(config: TrainConfig, built: Qwen2ParScaleConfig, env: Environment, strategy: str,
-                  compile_blocks: bool) -> tuple[CausalLMLoss, Qwen2ParScaleForCausalLM]:
+                  compile_blocks: bool, model_class=None) -> tuple[CausalLMLoss, Qwen2ParScaleForCausalLM]:
     """The module the loop trains (the loss over the model) and the model itself, laid out on this process's
     device: built on the meta device, checkpointed, compiled and sharded as configured, then materialised
-    with fresh weights, or (two-stage) the stage-one backbone's."""
+    with fresh weights, or (two-stage) the stage-one backbone's. `model_class`: another causal LM class with
+    the same layout (the GPU check's plain Qwen2)."""
     try:
         with torch.device("meta"):
-            lm = Qwen2ParScaleForCausalLM(built)
+            lm = (model_class or Qwen2ParScaleForCausalLM)(built)
     except ImportError as error:  # e.g. flash_attention_2 without the flash-attn package
         raise ConfigError(f"attn_implementation={config.attn_implementation}: {str(error).splitlines()[0]}; "
                           "choose sdpa or install that kernel") from None

@@ -89,6 +89,8 @@ class SweepReport(Callback):
         self.n_bootstrap = n_bootstrap
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        if config.get("sweep", {}).get("dry_run", False):
+            return  # nothing ran
         if not report(Path(str(config.hydra.sweep.dir)), n_bootstrap=self.n_bootstrap):
             sys.exit(1)
 

@@ -127,3 +127,35 @@ def test_interrupted_sweep_resumes_and_finishes_only_what_is_missing(tmp_path):
     assert first_result.stat().st_mtime == stamp
     steps = [json.loads(line)["step"] for line in second.read_text().splitlines()]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) == 40  # none lost, none repeated
+
+
+def test_a_crashing_cell_is_retried_then_marked_failed_with_its_error(tmp_path):
+    overrides = ["+grid=pile", "scale=smoke", "scale.sizes=tiny-32", "scale.P=1", "optim.lr=1e30",
+                 "optim.warmup_fraction=0", "sweep.max_failures=2", *FAST]
+    done = launch(tmp_path, *overrides)
+    assert done.returncode == 1  # the report names the failed cell
+    assert "attempt failed (FloatingPointError: the training loss is nan" in done.stdout
+    status = run_module(tmp_path, "sweeps.status", str(tmp_path / "multirun" / "pile-smoke"))
+    line = next(line for line in status.stdout.splitlines() if line.startswith("tiny-32-P1-s0"))
+    assert "failed" in line and "attempts 2 (2 failed)" in line and "the training loss is nan" in line
+
+
+def test_a_killed_worker_is_started_again_and_resumes_from_its_checkpoint(tmp_path):
+    overrides = ["+grid=pile", "scale=smoke", "scale.sizes=tiny-96", "scale.P=1", "tokens=81920",  # 80 steps
+                 "checkpoint_interval=5", "sweep.max_failures=2", *FAST]
+    cell = tmp_path / "multirun" / "pile-smoke" / "tiny-96-P1-s0"
+    process = subprocess.Popen([sys.executable, "-m", "sweeps.launch", *overrides], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not list((cell / "checkpoints").glob("step-*/meta.json")):
+        assert process.poll() is None and time.monotonic() < deadline, "the cell ended before it could be killed"
+        time.sleep(0.1)
+    worker = subprocess.run(["pgrep", "-f", "sweeps.run_cell .*tiny-96-P1-s0"], capture_output=True, text=True)
+    subprocess.run(["kill", "-9", *worker.stdout.split()], check=True)  # no Python error, no goodbye
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 0, output[-3000:]
+    assert "without an error (killed?)); starting it again" in output
+    attempts = json.loads((cell / "attempts.json").read_text())
+    assert [entry["outcome"] for entry in attempts] == ["failed", "done"]
+    steps = [json.loads(line)["step"] for line in (cell / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 81))  # resumed from the checkpoint: none lost, none repeated

@@ -1,0 +1,134 @@
+"""The plan of the paper's grid (sweeps/planner.py on sweeps/resources.py): composed and planned on CPU for all
+24 cells of both data sets without SLURM (the models counted on the meta device, nothing allocated), fitting
+the common GPUs; one line for a cell that cannot fit; and the memory model against measured memory."""
+
+import dataclasses
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sweeps import resources
+from sweeps.config import load_config
+from sweeps.planner import Hardware, PlanError, plan_cell
+
+REQUIRED = {"size", "P", "micro_batch_size", "accumulation", "activation_checkpointing", "gpus", "predicted_peak_gb",
+            "gpu_mem_gb", "gpu_hours"}
+
+
+def dry_run(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    no_programs = tmp_path / "empty-path"
+    no_programs.mkdir(exist_ok=True)
+    return subprocess.run(
+        [sys.executable, "-m", "sweeps.launch", *overrides, "sweep.dry_run=true", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PATH": str(no_programs)},  # no sbatch, no sinfo: a dry run needs no SLURM
+    )
+
+
+@pytest.mark.parametrize("grid", ["pile", "stack"])
+def test_dry_run_plans_all_24_paper_cells_within_the_gpu(tmp_path, grid):
+    gpu, memory_gb = "A100-40GB", 40
+    done = dry_run(tmp_path, f"+grid={grid}", f"hydra.launcher.gpu={gpu}")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    plan = json.loads((tmp_path / "sweep" / "plan.json").read_text())
+    assert len(plan) == 24 and {(cell["size"], cell["P"]) for cell in plan} == {
+        (size, p) for size in ("0.5B", "0.7B", "1.1B", "1.6B", "2.8B", "4.4B") for p in (1, 2, 4, 8)}
+    for cell in plan:
+        assert REQUIRED <= set(cell)
+        assert cell["gpu_mem_gb"] == memory_gb and cell["predicted_peak_gb"] <= memory_gb
+        assert cell["micro_batch_size"] * cell["accumulation"] * cell["gpus"] == 1024  # the global batch is kept
+        assert cell["signal_delay_s"] > cell["step_s"] and cell["max_num_timeout"] >= cell["attempts"]
+    assert (tmp_path / "sweep" / "plan.md").read_text().count("| 4.4B-P8-s0 |") == 1
+    assert "4.4B-P8-s0" in done.stdout and "nothing submitted" in done.stdout
+    assert not (tmp_path / "sweep" / "sweep.json").exists()  # a dry run leaves no manifest
+
+
+def test_a_cell_that_cannot_fit_stops_the_grid_with_one_line(tmp_path):
+    done = dry_run(tmp_path, "+grid=pile", "hydra.launcher.gpu_mem_gb=6", "hydra.launcher.max_nodes=1")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "does not fit" in lines[0] and "hydra.launcher.max_nodes" in lines[0]
+    assert not (tmp_path / "sweep" / "plan.json").exists()
+
+
+@functools.lru_cache(maxsize=None)
+def _paper_size(size: str, run_dir: str):
+    return load_config([f"model={size}", "seq_len=2048", "global_batch_size=1024", "micro_batch_size=1",
+                        "precision=bf16", "tokens=42000000000", f"run_dir={run_dir}"])
+
+
+def paper_cell(tmp_path, size: str, parscale_n: int):
+    """The paper scale's config of one cell (composed once per size; P set on it)."""
+    config = _paper_size(size, str(tmp_path))
+    return dataclasses.replace(config, parscale_n=parscale_n, model={**config.model, "parscale_n": parscale_n})
+
+
+def hardware(gpu: str, **changes) -> Hardware:
+    settings = {"gpu": gpu, "gpus_per_node": 8, "max_nodes": 8, "mfu": 0.4, "target_hours": 72, "startup_min": 10,
+                "checkpoint_write_gbps": 1.0, "filesystem_gbps": 20.0, **changes}
+    return Hardware.from_settings(settings, timeout_min=2880)
+
+
+@pytest.mark.parametrize("gpu", ["A100-80GB", "H100-80GB", "H200-141GB"])
+def test_every_paper_cell_fits_the_common_gpus(tmp_path, gpu):
+    for size in ("0.5B", "0.7B", "1.1B", "1.6B", "2.8B", "4.4B"):
+        for parscale_n in (1, 2, 4, 8):
+            plan = plan_cell(f"{size}-P{parscale_n}", paper_cell(tmp_path, size, parscale_n), hardware(gpu))
+            assert plan.predicted_peak_gb <= plan.gpu_mem_gb
+
+
+def test_activation_checkpointing_only_where_needed_and_gpus_from_the_cost(tmp_path):
+    small = plan_cell("0.5B-P1", paper_cell(tmp_path, "0.5B", 1), hardware("H200-141GB"))
+    large = plan_cell("4.4B-P8", paper_cell(tmp_path, "4.4B", 8), hardware("A100-40GB"))
+    assert not small.activation_checkpointing and large.activation_checkpointing
+    assert small.gpus < large.gpus and small.wall_hours <= 72
+    # The same cell on one GPU at most: it still fits (checkpointing, micro-batch 1 at worst) but takes longer.
+    alone = plan_cell("0.5B-P1", paper_cell(tmp_path, "0.5B", 1), hardware("H200-141GB", gpus_per_node=1, max_nodes=1))
+    assert alone.gpus == 1 and alone.wall_hours > small.wall_hours
+    with pytest.raises(PlanError, match="4.4B-P8 does not fit"):
+        plan_cell("4.4B-P8", paper_cell(tmp_path, "4.4B", 8), hardware("A100-40GB", max_nodes=1, gpus_per_node=1))
+
+
+def test_flops_per_token_follow_the_paper_and_p_streams_cost_p_times_the_backbone():
+    one, eight = resources.shape_of("1.6B", 1), resources.shape_of("1.6B", 8)
+    head = 6 * one.hidden_size * one.vocab_size
+    assert resources.model_flops_per_token(one, 2048) == pytest.approx(6 * 1.58e9 + head, rel=0.08)
+    backbone_one = resources.model_flops_per_token(one, 2048) - head
+    backbone_eight = resources.model_flops_per_token(eight, 2048) - head
+    assert backbone_eight / backbone_one == pytest.approx(8, rel=0.02)  # + the prefix keys and the aggregator
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parscale_n", [1, 2])
+def test_memory_model_matches_a_measured_forward_and_backward_at_a_real_width(parscale_n):
+    """The activation and loss part of the model against torch's MemTracker on a 2-layer model at the 0.5B
+    width and the paper's vocabulary (bf16, as FSDP2 computes), one micro-batch of 256 tokens."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from models import Qwen2ParScaleForCausalLM, parscale_config
+    from sweeps.loss import CausalLMLoss
+
+    torch.manual_seed(0)
+    config = parscale_config("0.5B", parscale_n=parscale_n, num_hidden_layers=2)
+    config._attn_implementation = "sdpa"
+    trained = CausalLMLoss(Qwen2ParScaleForCausalLM(config).to(torch.bfloat16), chunk_tokens=128)
+    ids = torch.randint(0, 150_000, (1, 256))
+    tracker = MemTracker()
+    tracker.track_external(trained)
+    with tracker:
+        trained(ids).backward()
+    peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]
+    weights_and_grads = 2 * sum(p.numel() * p.element_size() for p in trained.parameters())
+    measured = peak["Total"] - weights_and_grads
+
+    shape = resources.shape_of("0.5B", parscale_n, (("num_hidden_layers", 2),))
+    layout = resources.Layout(seq_len=256, micro_batch_size=1, global_batch_size=1, strategy="single",
+                              loss_chunk_tokens=128)
+    predicted = resources.memory("0.5B", shape, layout)
+    assert predicted.activations + predicted.transient == pytest.approx(measured, rel=0.15)
