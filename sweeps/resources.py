@@ -14,8 +14,10 @@ Memory per process (bytes; N = all parameters, W = processes, layout as in sweep
   memory_calibration.json): per decoder layer and stream-token (a layer runs once per stream), plus outside
   the layers per input token; with activation checkpointing each block keeps only its bf16 input, and the
   backward pass recomputes one block at a time;
-- transient: the larger of the chunked loss's working set (calibrated, per chunk token x vocabulary entry)
-  and one block's backward (assumed as large as the block's saved activations);
+- transient, on top of the activations: the larger of the loss's working set (sweeps/loss.py, calibrated:
+  its float32 LM-head gradient and bf16 copy, per head parameter, plus one chunk's logits, per chunk token x
+  vocabulary entry) and, later in the backward pass, the root's unsharded gradient with one block's backward
+  (assumed as large as the block's saved activations);
 - margin: 10% of everything that is allocated and freed during a step (caching-allocator fragmentation)
   plus 0.5 GiB of workspaces (cuBLAS, compiled kernels, NCCL).
 The sum is the predicted peak of reserved memory. A cell fits a GPU when it stays within the GPU's memory as
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -121,15 +122,12 @@ def layer_bytes_per_token(size: str, shape: Shape) -> float:
 
 
 def outside_bytes_per_token(size: str, shape: Shape) -> float:
-    measured = calibration()["outside_bytes_per_token"]
-    if size in measured:
-        entry = measured[size]
-        return entry["P1"] if shape.parscale_n == 1 else entry["base"] + entry["per_stream"] * shape.parscale_n
-    key = "P1" if shape.parscale_n == 1 else None
-    if key:
-        return _width_fit("P1")(shape.hidden_size, shape.intermediate_size)
-    return _width_fit("base")(shape.hidden_size, shape.intermediate_size) + \
-        _width_fit("per_stream")(shape.hidden_size, shape.intermediate_size) * shape.parscale_n
+    """Saved bytes per input token outside the decoder blocks (embedding, final norm, aggregator, the loss's
+    saved inputs): measured at the paper's sizes, else from the width fit."""
+    entry = calibration()["outside_bytes_per_token"].get(size)
+    if entry is None:
+        entry = {key: _width_fit(key)(shape.hidden_size, shape.intermediate_size) for key in ("P1", "base", "per_stream")}
+    return entry["P1"] if shape.parscale_n == 1 else entry["base"] + entry["per_stream"] * shape.parscale_n
 
 
 @functools.lru_cache(maxsize=None)
@@ -190,8 +188,11 @@ def memory(size: str, shape: Shape, layout: Layout) -> Memory:
         activations = shape.num_layers * compute_bytes * shape.hidden_size * stream_tokens + per_layer + outside
     else:
         activations = shape.num_layers * per_layer + outside
-    loss = calibration()["loss_bytes_per_logit"] * min(layout.loss_chunk_tokens, tokens) * shape.vocab_size
-    transient = max(loss, per_layer)
+    cal = calibration()
+    head = shape.vocab_size * shape.hidden_size
+    loss = cal["loss_bytes_per_head_param"] * head + cal["loss_bytes_per_logit"] * min(layout.loss_chunk_tokens, tokens) * shape.vocab_size
+    root_gradient = 0 if layout.strategy == "single" else compute_bytes * shape.root_params
+    transient = max(loss, root_gradient + per_layer)
     margin = FRAGMENTATION * (gathered + activations + transient) + WORKSPACE_BYTES
     return Memory(parameters, gradients, optimizer, gathered, activations, transient, margin)
 
@@ -230,6 +231,3 @@ def checkpoint_seconds(shape: Shape, processes: int, write_gbps_per_process: flo
     rate = min(processes * write_gbps_per_process, filesystem_gbps) * 1e9
     return CHECKPOINT_BYTES_PER_PARAM * shape.total_params / rate
 
-
-def fits(peak_bytes: float, gpu_memory_bytes: float) -> bool:
-    return peak_bytes <= gpu_memory_bytes and math.isfinite(peak_bytes)

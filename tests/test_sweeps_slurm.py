@@ -99,3 +99,21 @@ def test_relaunch_runs_only_the_killed_cell(tmp_path):
     assert "submitted 1 of 2 cells" in again.stdout
     assert list(json.loads((sweep_dir / "jobs.json").read_text())) == ["tiny-96-P2-s0"]
     assert len(read_results(sweep_dir / "results.csv")) == 2
+
+
+def test_a_crashing_cell_requeues_itself_then_is_marked_failed(tmp_path):
+    # A loss that turns NaN at step 2 crashes every attempt: the job requeues itself once (scontrol requeue),
+    # then the cell is failed with the error's last line after its second failed attempt.
+    overrides = ["+grid=pile", "scale=smoke", "scale.sizes=tiny-32", "scale.P=1", "optim.lr=1e30",
+                 "optim.warmup_fraction=0", "sweep.max_failures=2"]
+    done = launch(tmp_path, *overrides)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cell = tmp_path / "multirun" / "pile-smoke" / "tiny-32-P1-s0"
+    wait_for(cell / "error.txt", timeout=400)
+    attempts = json.loads((cell / "attempts.json").read_text())
+    assert [entry["outcome"] for entry in attempts] == ["failed", "failed"]
+    assert "the training loss is nan" in attempts[-1]["error"]
+    status = subprocess.run([sys.executable, "-m", "sweeps.status", str(cell.parent)], capture_output=True, text=True,
+                            env=venv_env())
+    line = next(line for line in status.stdout.splitlines() if line.startswith("tiny-32-P1-s0"))
+    assert "failed" in line and "attempts 2 (2 failed)" in line
