@@ -89,8 +89,7 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
     shards = range(env.rank * accumulation, (env.rank + 1) * accumulation)
-    batches = training_batches(config.data, tokenizer, config.seq_len, config.micro_batch_size, num_shards, shards,
-                               config.seed)
+    batches = training_batches(config.data, tokenizer, config.seq_len, config.global_batch_size, config.seed)
     eval_rows = eval_batch(config.data, tokenizer, config.seq_len, config.eval_sequences).to(env.device)
 
     total_steps, the_run_id = config.total_steps, run_id(config)
@@ -133,7 +132,7 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
         while step < total_steps:
             step_start = time.perf_counter()
             lr = learning_rate(step, total_steps, config.peak_lr, config.optim)
-            loss_value, grad_norm = train_step(trained, optimizer, batches, shards, lr, config, autocast, env)
+            loss_value, grad_norm = train_step(trained, optimizer, batches, step, shards, lr, config, autocast, env)
             step += 1
             if not math.isfinite(loss_value):
                 raise FloatingPointError(
@@ -194,14 +193,14 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
     return result
 
 
-def train_step(trained, optimizer, batches, shards, lr, config, autocast, env) -> tuple[float, float]:
+def train_step(trained, optimizer, batches, step, shards, lr, config, autocast, env) -> tuple[float, float]:
     """One optimiser step over this process's micro-batches; returns the loss averaged over all processes
     and the gradient norm before clipping."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"]
     loss_sum = torch.zeros((), device=env.device)
     for index, shard in enumerate(shards):
-        input_ids = batches.next(shard).to(env.device)
+        input_ids = batches.batch(step, shard * config.micro_batch_size, config.micro_batch_size).to(env.device)
         with distributed.gradient_sync(trained, sync=index == len(shards) - 1):
             with autocast:
                 loss = trained(input_ids=input_ids, labels=input_ids, use_cache=False).loss
