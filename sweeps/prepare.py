@@ -336,6 +336,9 @@ def parse_arguments(argv: list[str]) -> tuple[DataConfig, dict]:
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=overrides)
+        missing = sorted(OmegaConf.missing_keys(cfg.data))
+        if missing:
+            raise ConfigError(f"data.{missing[0]} is required (it is ??? in conf/data/); set it, e.g. data.{missing[0]}=...")
         data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), cfg.data))
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_one_line(error)) from None
