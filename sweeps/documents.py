@@ -95,7 +95,29 @@ class PretrainedTokenizer:
         return _digest(json.dumps([vocabulary, self.eos_token_id], ensure_ascii=False))
 
 
+class PreparedTokenizer:
+    """The tokenizer as a prepared directory's manifest records it: training from prepared files needs only
+    its vocabulary size and EOS id, so a compute node loads nothing from the hub."""
+
+    def __init__(self, directory: str):
+        from .prepared import read_manifest
+
+        recorded = read_manifest(directory)["tokenizer"]
+        self.name, self.vocab_size, self.eos_token_id = recorded["name"], recorded["vocab_size"], recorded["eos_token_id"]
+        self.recorded_hash = recorded["vocab_hash"]
+
+    def vocab_hash(self) -> str:
+        return self.recorded_hash
+
+    def encode(self, text: str) -> list[int]:
+        raise DataError(f"data.prepared is set: the text was tokenized by sweeps.prepare with {self.name}; "
+                        "unset data.prepared to tokenize here")
+
+
 def load_tokenizer(data: DataConfig):
+    """The data's tokenizer: bytes, a transformers tokenizer, or (prepared data) the manifest's record of one."""
+    if data.prepared:
+        return PreparedTokenizer(data.prepared)
     return ByteTokenizer() if data.tokenizer == "bytes" else PretrainedTokenizer(data.tokenizer)
 
 

@@ -14,7 +14,7 @@ import torch
 
 from sweeps.config import ConfigError
 from sweeps.data import StreamedRows, eval_batch, training_batches
-from sweeps.documents import PretrainedTokenizer, open_documents
+from sweeps.documents import PreparedTokenizer, PretrainedTokenizer, load_tokenizer, open_documents
 from sweeps.prepare import main as prepare_main
 from sweeps.prepare import prepare
 from sweeps.prepared import MANIFEST, check_prepared, open_split, read_manifest
@@ -113,6 +113,8 @@ def test_training_reads_prepared_data_and_the_paper_grid_refuses_unprepared_hub_
     overrides = ["data=jsonl", f"data.data_files=[{','.join(paths)}]"]
     config = tiny_config(tmp_path / "run", 3, *overrides, f"data.prepared={tmp_path / 'prepared'}", "data.holdout_fraction=0.1")
     check_prepared(config)
+    tokenizer = load_tokenizer(config.data)  # from the manifest: nothing is loaded from the hub
+    assert (tokenizer.vocab_size, tokenizer.eos_token_id) == (259, 258) and isinstance(tokenizer, PreparedTokenizer)
     assert train(config)["status"] == "done"
 
     with pytest.raises(ConfigError) as refused:
