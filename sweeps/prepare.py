@@ -72,8 +72,8 @@ def prepare(data: DataConfig, out: str | Path, workers: int | None = None, segme
         if (out / MANIFEST).exists():
             manifest = read_manifest(out)
             if manifest["source"] != source_of(data):
-                raise ConfigError(f"out={out} holds a preparation of other data ({manifest['source']['path'] or manifest['source']['source']}); "
-                                  "choose another out=DIR or delete it")
+                prepared = manifest["source"]["path"] or manifest["source"]["source"]
+                raise ConfigError(f"out={out} holds a preparation of other data ({prepared}); use another out=DIR or delete it")
             return manifest
         return _prepare(data, out, workers or _cores(), segment_bytes, commit_interval_s, report_interval_s, report)
 
@@ -139,7 +139,10 @@ def _prepare(data, out, workers, segment_bytes, commit_interval_s, report_interv
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     (out / PROGRESS).unlink(missing_ok=True)
     line = progress.line(data.name, done=True)
-    report(progress, line) if report else print(line, file=sys.stderr, flush=True)
+    if report is not None:
+        report(progress, line)
+    else:
+        print(line, file=sys.stderr, flush=True)
     return manifest
 
 
