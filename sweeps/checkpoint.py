@@ -135,14 +135,14 @@ class Checkpointer:
 
     def load(self, checkpoint_dir: Path, state: dict) -> dict:
         """Loads a checkpoint into `state` in place (resharding to this process count); returns this process's
-        rank state (its own, or rank 0's when the process count changed), or {} if there is none."""
+        rank state: its own, or rank 0's when the checkpoint was written by fewer processes."""
         import torch
         import torch.distributed.checkpoint as dcp
 
         with _single_process_quiet():
             dcp.load(state, checkpoint_id=str(checkpoint_dir), no_dist=not self.distributed)
         own = Path(checkpoint_dir) / f"rank-{self.env.rank}.pt"
-        return torch.load(own, weights_only=True) if own.exists() else {}
+        return torch.load(own if own.exists() else Path(checkpoint_dir) / "rank-0.pt", weights_only=True)
 
     def remove_all(self) -> None:
         """Drops every checkpoint (the run has finished: its weights are in model/)."""

@@ -1,7 +1,9 @@
 """`python -m sweeps.collect SWEEP_DIR [--out FILE]` builds the results table (one row per finished run,
-the contract in parscale_law.table) from the cells' result.json files; with `--wandb ENTITY/PROJECT
---group NAME` it reads the same rows from the wandb API instead, for runs logged on another machine (each
-finished run stores its row in the wandb run summary)."""
+the contract in parscale_law.table) from the cells' result.json files. Two other sources give the same rows
+(each finished run stores its row in the wandb run summary, under `result`):
+- `--wandb-files`: the local wandb files below SWEEP_DIR (offline runs, or online runs' local copies),
+  every requeued attempt of a run merged; no network.
+- `--wandb ENTITY/PROJECT [--group NAME]`: the wandb API, for runs logged on another machine."""
 
 from __future__ import annotations
 
@@ -23,26 +25,48 @@ def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
 
 
 def rows_from_wandb(runs: Iterable) -> list[dict]:
-    """Result rows from wandb runs (objects with ``summary`` and ``id``), finished runs only."""
+    """Result rows from wandb runs (objects with ``summary`` and ``id``, as the public API's Run or
+    sweeps.wandb_files.Run), finished runs only. The row is the summary's ``result``; runs logged by earlier
+    versions of this toolkit kept it at the summary's top level."""
     rows = []
     for run in runs:
         summary = dict(run.summary)
-        if summary.get("status") != "done":
+        result = summary.get("result")
+        source = dict(result) if isinstance(result, dict) or hasattr(result, "keys") else summary
+        if source.get("status") != "done":
             continue
-        row = {column: summary[column] for column in RESULT_COLUMNS if column in summary}
+        row = {column: source[column] for column in RESULT_COLUMNS if column in source}
         row.setdefault("run_id", run.id)
         rows.append(row)
     return rows
 
 
-def collect_wandb(path: str, group: str | None = None) -> pd.DataFrame:
-    """The results table from the wandb API: ``path`` is ENTITY/PROJECT, ``group`` the grid's group."""
+def collect_wandb_files(directory: str | Path, group: str | None = None) -> pd.DataFrame:
+    """The results table from the wandb files below ``directory`` (no network)."""
+    from .wandb_files import read_runs
+
     try:
-        import wandb
+        runs = read_runs(directory)
+    except ImportError:
+        raise RuntimeError("reading wandb's files needs the wandb package (its record definitions); pip install wandb") from None
+    return _table(rows_from_wandb(run for run in runs if group is None or run.group == group))
+
+
+def collect_wandb(path: str, group: str | None = None, api=None) -> pd.DataFrame:
+    """The results table from the wandb API: ``path`` is ENTITY/PROJECT, ``group`` the grid's group;
+    ``api`` is a ``wandb.Api()`` (made here by default)."""
+    try:
+        if api is None:
+            import wandb
+
+            api = wandb.Api()
+        filters = {"group": group} if group else None
+        try:  # lazy=False: the summaries come with the listing, not one request per run
+            runs = list(api.runs(path, filters=filters, lazy=False))
+        except TypeError:  # wandb before the lazy listing
+            runs = list(api.runs(path, filters=filters))
     except ImportError:
         raise RuntimeError("wandb is not installed; pip install wandb, or collect from the run directories") from None
-    try:
-        runs = list(wandb.Api().runs(path, filters={"group": group} if group else None))
     except Exception as error:  # wandb raises its own types for network and authentication failures
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise RuntimeError(f"wandb API failed for {path}: {first_line}; check the network, WANDB_API_KEY and the path") from None
@@ -61,15 +85,16 @@ def _table(rows: list[dict]) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sweeps.collect", description=__doc__)
     parser.add_argument("sweep_dir", type=Path, nargs="?", help="the sweep directory (omit with --wandb)")
+    parser.add_argument("--wandb-files", action="store_true", help="read SWEEP_DIR's local wandb files (no network)")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read finished runs from the wandb API")
-    parser.add_argument("--group", help="the wandb group (the grid) to read, with --wandb")
+    parser.add_argument("--group", help="the wandb group (the grid) to read, with --wandb or --wandb-files")
     parser.add_argument("--out", type=Path, help="CSV or Parquet file (default: SWEEP_DIR/results.csv)")
     args = parser.parse_args(argv)
     try:
         if args.wandb:
             table = collect_wandb(args.wandb, args.group)
         elif args.sweep_dir is not None and args.sweep_dir.is_dir():
-            table = collect_runs(args.sweep_dir)
+            table = collect_wandb_files(args.sweep_dir, args.group) if args.wandb_files else collect_runs(args.sweep_dir)
         else:
             raise ValueError(f"{args.sweep_dir} is not a directory; pass the sweep directory, or --wandb ENTITY/PROJECT")
         out = args.out or (args.sweep_dir / "results.csv" if args.sweep_dir else None)

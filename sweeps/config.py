@@ -66,6 +66,8 @@ class DataConfig:
     holdout_fraction: float = 0.01
     text_field: str = "text"
     tokenizer: str = "bytes"  # "bytes" (the tiny models' vocabulary) or an AutoTokenizer name or directory
+    blob_store: Optional[str] = None  # rows carry Software Heritage blob ids; contents from here (sweeps/documents.py)
+    prepared: Optional[str] = None  # a directory written by `python -m sweeps.prepare`: train from its token files
 
 
 @dataclass
@@ -193,6 +195,8 @@ def check(config: TrainConfig) -> None:
         raise ConfigError(f"data={config.data.name} has source hub but no path; set data.path to a hub name or json/text")
     if config.data.source == "hub" and config.data.path in LOCAL_BUILDERS and not config.data.data_files:
         raise ConfigError(f"data.path={config.data.path} reads local files: set data.data_files='[a.{config.data.path},...]'")
+    if config.data.source != "hub" and config.data.blob_store:
+        raise ConfigError(f"data.blob_store applies to hub data only; {config.data.source} reads its own files")
     if config.data.source != "hub" and config.data.eval_split:
         raise ConfigError(f"data.eval_split applies to hub data only; {config.data.source} holds out by hash (holdout_fraction)")
     if config.data.eval_split is None and not 0 < config.data.holdout_fraction < 1:

@@ -1,375 +1,185 @@
-"""Training and evaluation data: documents -> tokens -> sequences of `seq_len` tokens.
+"""Training and evaluation rows: documents -> tokens -> rows of `seq_len` tokens, read by global position.
 
-Sources (`source` in conf/data/*.yaml):
-- hub: Hugging Face `datasets` in streaming mode. `path` is a hub name (The Pile, the Stack) or a builder
-  such as "json" / "text" with local `data_files`; both go through the same `load_dataset(..., streaming=True)`.
-- stdlib-code: the Python sources of the running interpreter's standard library, one document per file.
-- stdlib-prose: English from the standard library's documentation: the pydoc topics, and per module file
-  its docstrings (read with `ast`, nothing imported; cached per Python build, see `prose_cache_path`).
+    batches = training_batches(data_config, tokenizer, seq_len, global_batch_size, seed)
+    batches.batch(step, offset, size)   # LongTensor (size, seq_len): the rows at global positions
+                                        # step * global_batch_size + offset ... + size - 1 of the run's order
+    batches.state_dict() / batches.load_state_dict(state)
+    eval_batch(data_config, tokenizer, seq_len, n_sequences)   # the held-out rows, the same for every run
 
-Split: a data set with an `eval_split` uses it; otherwise a document is held out when the hash of its text
-falls in the first `holdout_fraction` of the hash range, so train and validation never share a document
-(identical texts land on the same side) and the split never depends on the seed or the order.
+A process r of W with A accumulation steps of micro-batch m reads offset (r * A + a) * m, a = 0 ... A - 1, so
+the rows of a step never depend on the number of processes or on the micro-batch size.
 
-Batches: a global batch of G sequences is made of S = G / micro_batch_size micro-batches ("shards"); process
-r of W trains on shards r*A ... r*A+A-1 (A = S / W accumulation steps). The batches depend on G and the micro
-batch only: one process accumulating two micro-batches sees exactly the data of two processes.
-- Streamed (hub) data, `StreamedBatches`: training documents are dealt round-robin to the S shards; document
-  i feeds shard i mod S, which packs its own sequences (each document's tokens, then EOS, cut into rows), so
-  no two processes share a document. Every process reads the whole document stream (cheap: raw text) and
-  tokenizes only its own shards' documents. At the paper's batch (1024 rows) a batch spans many documents.
-- Local (stdlib) data, `ShuffledRows`: the whole training split is small enough to hold in memory, so it is
-  tokenized once, cut into rows, and every epoch visits the rows in a new seeded order. Packing it like a
-  stream would make each small batch a few thousand consecutive tokens of one or two files, and a tiny
-  model's loss would then follow whichever file it happens to be reading rather than its size.
+Where the rows come from (documents and tokenizers: sweeps/documents.py):
+- Prepared data (`data.prepared=DIR`, written by `python -m sweeps.prepare`; sweeps/prepared.py),
+  `PreparedRows`: the training split's token file cut into rows, memory-mapped, visited in a seeded order
+  that depends on the seed and the corpus only (every P of one seed sees the same rows). Any position is
+  read directly: each process reads only its own rows, with no network, and a resume at any step costs the
+  same (the state is {}: the position is the step).
+- The local corpora (stdlib-code, stdlib-prose) are prepared on first use into a cache (`local_preparation`)
+  and then read the same way, so the tiny grid and the tests run the cluster's data path.
+- Hub data that is not prepared is streamed, `StreamedRows`: the documents in the source's order, each
+  followed by EOS, packed into consecutive rows (the prepared rows in file order), restarted when the
+  source ends. Every process reads and tokenizes the whole stream and keeps its own rows, so calls must
+  come in order; the state is the stream position at the next step boundary, the same on every process.
+  This is for tests and small runs; the paper grid refuses it (sweeps.prepared.check_prepared).
 """
 
 from __future__ import annotations
 
-import ast
-import functools
-import hashlib
-import json
-import os
-import random
-import sys
-import sysconfig
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from models.sizes import BYTE_EOS_ID, BYTE_VOCAB_SIZE
+from .config import DataConfig
+from .documents import DataError, load_tokenizer, open_documents
+from .prepare import local_preparation
+from .prepared import RowOrder, check_source, open_split, read_manifest
 
-from .config import ConfigError, DataConfig
-
-
-class DataError(ConfigError):
-    """The data cannot be read as configured (missing field, empty split)."""
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as token ids 0-255 and EOS = 258: the vocabulary of the tiny model sizes. Needs no files."""
-
-    vocab_size = BYTE_VOCAB_SIZE
-    eos_token_id = BYTE_EOS_ID
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+__all__ = ["DataError", "PreparedRows", "StreamedRows", "eval_batch", "load_tokenizer", "prepared_directory",
+           "training_batches"]
 
 
-class PretrainedTokenizer:
-    """A `transformers.AutoTokenizer` by hub name (e.g. Qwen/Qwen2.5-0.5B, the paper's) or local directory."""
-
-    def __init__(self, name: str):
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(name)
-        # Documents are split into training rows here, so the tokenizer's own length limit does not apply.
-        self.tokenizer.model_max_length = 2**62
-        self.eos_token_id = self.tokenizer.eos_token_id
-        if self.eos_token_id is None:
-            raise DataError(f"tokenizer {name} has no eos_token; choose a tokenizer with one (documents end with it)")
-        self.vocab_size = len(self.tokenizer)
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
+def prepared_directory(data: DataConfig) -> Path | None:
+    """Where `data`'s prepared files are: data.prepared, the local corpora's cache, or None (stream it)."""
+    if data.prepared:
+        return Path(data.prepared)
+    if data.source != "hub":
+        return local_preparation(data)
+    return None
 
 
-def load_tokenizer(data: DataConfig):
-    return ByteTokenizer() if data.tokenizer == "bytes" else PretrainedTokenizer(data.tokenizer)
+def _checked_manifest(directory: Path, data: DataConfig, tokenizer) -> dict:
+    manifest = read_manifest(directory)
+    check_source(manifest, data, directory)
+    if manifest["tokenizer"]["vocab_hash"] != tokenizer.vocab_hash():
+        raise DataError(f"data.prepared={directory} was tokenized with another vocabulary than data.tokenizer="
+                        f"{data.tokenizer} loads now (hash {manifest['tokenizer']['vocab_hash']}); prepare it again")
+    return manifest
 
 
-def split_of(text: str, holdout_fraction: float) -> str:
-    """"validation" for the documents whose text hashes into the first holdout_fraction, else "train"."""
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return "validation" if int.from_bytes(digest, "big") < holdout_fraction * 2**64 else "train"
+class PreparedRows:
+    """Rows of a prepared training split by global position (see the module docstring)."""
 
-
-@functools.lru_cache(maxsize=1)
-def stdlib_files() -> tuple[Path, ...]:
-    """The standard library's .py files (third-party packages installed beside it excluded), sorted."""
-    files = []
-    for directory, subdirectories, names in os.walk(sysconfig.get_paths()["stdlib"]):
-        subdirectories[:] = [name for name in subdirectories if name not in ("site-packages", "dist-packages")]
-        files += [Path(directory, name) for name in names if name.endswith(".py")]
-    return tuple(sorted(files))
-
-
-def _docstrings(path: Path) -> str:
-    try:
-        tree = ast.parse(path.read_bytes())
-    except (SyntaxError, ValueError):  # the test suite holds deliberately broken files
-        return ""
-    kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
-    texts = (ast.get_docstring(node) for node in ast.walk(tree) if isinstance(node, kinds))
-    return "\n\n".join(text for text in texts if text)
-
-
-def prose_cache_path() -> Path:
-    """Where the standard library's docstrings are cached: parsing every module takes ~10 s, which each cell of
-    a tiny grid would otherwise pay. Keyed by the Python build and its stdlib location; delete it at will."""
-    key = hashlib.blake2b(f"{sys.version}|{sysconfig.get_paths()['stdlib']}".encode(), digest_size=6).hexdigest()
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache_home / "parscale" / f"stdlib-prose-{key}.json"
-
-
-@functools.lru_cache(maxsize=1)
-def stdlib_docstrings() -> dict[str, str]:
-    """{path of a stdlib .py file: its docstrings}, from the cache or parsed (then cached) here."""
-    path = prose_cache_path()
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        pass
-    docstrings = {str(file): _docstrings(file) for file in stdlib_files()}
-    temporary = None
-    try:  # atomic: the cells of a grid start together and may all write it
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-            temporary = handle.name
-            json.dump(docstrings, handle)
-        os.replace(temporary, path)
-    except OSError:  # a read-only or full disk only costs the parse next time
-        if temporary is not None:
-            Path(temporary).unlink(missing_ok=True)
-    return docstrings
-
-
-class StdlibDocuments:
-    """The standard library as a document stream, in a seeded order that changes every epoch, forever."""
-
-    def __init__(self, kind: str, split: str, seed: int, holdout_fraction: float):
-        self.kind, self.split, self.seed, self.holdout_fraction = kind, split, seed, holdout_fraction
-        if kind == "stdlib-code":
-            self.entries = list(stdlib_files())
-        else:
-            from pydoc_data.topics import topics
-
-            self.entries = [topics[key] for key in sorted(topics)] + list(stdlib_files())
-        self.epoch, self.position = 0, 0  # the next entry is this epoch's order[position]
-
-    def _text(self, entry) -> str:
-        if isinstance(entry, str):  # a pydoc topic
-            return entry
-        if self.kind == "stdlib-code":
-            return entry.read_bytes().decode("utf-8", errors="replace")
-        cached = stdlib_docstrings().get(str(entry))  # a file added since the cache was written is parsed here
-        return _docstrings(entry) if cached is None else cached
-
-    def in_order(self):
-        """This split's documents once, in the fixed order of the entries (independent of the seed)."""
-        for entry in self.entries:
-            text = self._text(entry)
-            if text and split_of(text, self.holdout_fraction) == self.split:
-                yield text
-
-    def __iter__(self):
-        while True:
-            order = list(range(len(self.entries)))
-            random.Random(f"{self.seed}:{self.epoch}").shuffle(order)
-            found = False
-            while self.position < len(order):
-                text = self._text(self.entries[order[self.position]])
-                self.position += 1
-                if text and split_of(text, self.holdout_fraction) == self.split:
-                    found = True
-                    yield text
-            if not found:
-                raise DataError(f"{self.kind} has no {self.split} documents; raise data.holdout_fraction")
-            self.epoch, self.position = self.epoch + 1, 0
-
-
-class HubDocuments:
-    """A `datasets` streaming split as a document stream, restarted from the top when it runs out. Its
-    position is the `IterableDataset.state_dict()` (shard and example index), so resuming skips nothing and
-    repeats nothing without reading the stream again. Documents are taken in the files' order: The Pile's
-    files are already shuffled, and a shuffle buffer would be lost on resume."""
-
-    def __init__(self, data: DataConfig, split: str):
-        self.data, self.split = data, split
-        self.hub_split = data.eval_split if split == "validation" and data.eval_split else data.train_split
-        self.holdout = data.eval_split is None
-        self.epoch, self.dataset, self.resume_state = 0, None, None
-
-    def _open(self):
-        import datasets
-
-        data = self.data
-        return datasets.load_dataset(
-            data.path, name=data.config_name, data_dir=data.data_dir, data_files=data.data_files,
-            split=self.hub_split, streaming=True,
-        )
-
-    def __iter__(self):
-        while True:
-            self.dataset = self._open()
-            if self.resume_state is not None:
-                self.dataset.load_state_dict(self.resume_state)
-                self.resume_state = None
-            found = False
-            for example in self.dataset:
-                if self.data.text_field not in example:
-                    raise DataError(
-                        f"data.text_field={self.data.text_field!r} is not a field of {self.data.path}; "
-                        f"it has {sorted(example)}"
-                    )
-                text = example[self.data.text_field]
-                if text and (not self.holdout or split_of(text, self.data.holdout_fraction) == self.split):
-                    found = True
-                    yield text
-            if not found and self.epoch == 0:
-                raise DataError(f"{self.data.path} split {self.hub_split!r} gave no {self.split} documents")
-            self.epoch += 1
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "stream": self.dataset.state_dict() if self.dataset is not None else None}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.resume_state = state["epoch"], state["stream"]
-
-
-def open_documents(data: DataConfig, split: str, seed: int):
-    if data.source == "hub":
-        return HubDocuments(data, split)
-    return StdlibDocuments(data.source, split, seed, data.holdout_fraction)
-
-
-class StreamedBatches:
-    """The training micro-batches of one process: `next(shard)` is the next (micro_batch_size, seq_len)
-    batch of one of its shards (see the module docstring). The state is the stream position, the count of
-    documents dealt, and each shard's tokens not yet used."""
-
-    positional = False  # the position is state, kept per process
-
-    def __init__(self, documents, tokenizer, seq_len: int, micro_batch_size: int, num_shards: int, shards: range):
-        self.documents, self.tokenizer = documents, tokenizer
-        self.seq_len, self.micro_batch_size, self.num_shards = seq_len, micro_batch_size, num_shards
-        self.pending = {shard: [] for shard in shards}
-        self.dealt = 0
-        self.stream = None  # created on first use, after a possible load_state_dict
-
-    def next(self, shard: int) -> torch.Tensor:
-        if self.stream is None:
-            self.stream = iter(self.documents)
-        need = self.micro_batch_size * self.seq_len
-        tokens = self.pending[shard]
-        while len(tokens) < need:
-            text = next(self.stream)
-            owner = self.dealt % self.num_shards
-            self.dealt += 1
-            if owner in self.pending:
-                self.pending[owner] += self.tokenizer.encode(text)
-                self.pending[owner].append(self.tokenizer.eos_token_id)
-        batch = torch.tensor(tokens[:need], dtype=torch.long).view(self.micro_batch_size, self.seq_len)
-        del tokens[:need]
-        return batch
-
-    def state_dict(self) -> dict:
-        return {
-            "documents": self.documents.state_dict(),
-            "dealt": self.dealt,
-            "pending": {str(shard): torch.tensor(tokens, dtype=torch.int32) for shard, tokens in self.pending.items()},
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        if set(state["pending"]) != {str(shard) for shard in self.pending}:
+    def __init__(self, directory: Path, data: DataConfig, tokenizer, seq_len: int, global_batch_size: int, seed: int):
+        manifest = _checked_manifest(directory, data, tokenizer)
+        self.tokens, _ = open_split(directory, "train", manifest)
+        self.seq_len, self.global_batch_size = seq_len, global_batch_size
+        n_rows = len(self.tokens) // seq_len
+        if n_rows < global_batch_size:
             raise DataError(
-                "the checkpoint's data shards differ from this process's; resume with the same number of "
-                "processes, global_batch_size and micro_batch_size"
+                f"the training split holds {n_rows} rows of {seq_len} tokens, fewer than one global batch of "
+                f"{global_batch_size}; lower global_batch_size or seq_len"
             )
+        self.order = RowOrder(n_rows, seed)
+        self.columns = np.arange(seq_len, dtype=np.int64)
+
+    def batch(self, step: int, offset: int, size: int) -> torch.Tensor:
+        _check_slice(offset, size, self.global_batch_size)
+        first = step * self.global_batch_size + offset
+        rows = self.order(np.arange(first, first + size, dtype=np.int64))
+        return torch.from_numpy(self.tokens[rows[:, None] * self.seq_len + self.columns].astype(np.int64))
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise DataError("the checkpoint's data position was written for streamed batches; this run reads "
+                            "prepared rows, whose position is the step: start it again in a new run dir")
+
+
+class StreamedRows:
+    """Consecutive rows of a document stream (see the module docstring): position p is the p-th row."""
+
+    def __init__(self, data: DataConfig, tokenizer, seq_len: int, global_batch_size: int):
+        self.data, self.tokenizer = data, tokenizer
+        self.seq_len, self.global_batch_size = seq_len, global_batch_size
+        self.documents, self.stream, self.epoch = open_documents(data, "train"), None, 0
+        self.found = False  # whether this epoch's pass has given a document
+        self.pending = np.zeros(0, dtype=np.int64)  # tokens read but not yet cut into rows
+        self.next_row = 0
+
+    def batch(self, step: int, offset: int, size: int) -> torch.Tensor:
+        _check_slice(offset, size, self.global_batch_size)
+        first = step * self.global_batch_size + offset
+        if first < self.next_row:
+            raise DataError(f"streamed data is read in order: row {first} was asked for after row {self.next_row}; "
+                            "prepare the data (python -m sweeps.prepare) to read rows in any order")
+        self._take(first - self.next_row)
+        return torch.from_numpy(self._take(size).reshape(size, self.seq_len))
+
+    def _take(self, rows: int) -> np.ndarray:
+        need = rows * self.seq_len
+        pieces, have = [self.pending], len(self.pending)
+        while have < need:
+            ids = self.tokenizer.encode(self._next_text())
+            pieces += [np.asarray(ids, dtype=np.int64), np.array([self.tokenizer.eos_token_id])]
+            have += len(ids) + 1
+        tokens = np.concatenate(pieces) if len(pieces) > 1 else self.pending
+        self.pending, self.next_row = tokens[need:], self.next_row + rows
+        return tokens[:need]
+
+    def _next_text(self) -> str:
+        while True:
+            if self.stream is None:
+                self.stream = iter(self.documents)
+            text = next(self.stream, None)
+            if text is not None:
+                self.found = True
+                return text
+            if not self.found:
+                raise DataError(f"{self.data.path} split {self.data.train_split!r} gave no train documents")
+            self.epoch += 1  # the source ran out: read it again from the top
+            self.documents, self.stream, self.found = open_documents(self.data, "train"), None, False
+
+    def state_dict(self) -> dict:
+        boundary = -(-self.next_row // self.global_batch_size) * self.global_batch_size
+        self._take(boundary - self.next_row)  # every process is then at the same place
+        return {"documents": self.documents.state_dict(), "epoch": self.epoch, "next_row": self.next_row,
+                "pending": torch.from_numpy(self.pending.astype(np.int32))}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "next_row" not in state:
+            raise DataError("the checkpoint's data position was written by an older version of this toolkit "
+                            "(per-shard streams); start this run again in a new run dir")
+        self.documents = open_documents(self.data, "train")
         self.documents.load_state_dict(state["documents"])
-        self.dealt = state["dealt"]
-        self.pending = {int(shard): tokens.tolist() for shard, tokens in state["pending"].items()}
-        self.stream = None
+        self.stream, self.epoch, self.next_row, self.found = None, int(state["epoch"]), int(state["next_row"]), True
+        self.pending = state["pending"].numpy().astype(np.int64)
 
 
-class ShuffledRows:
-    """The training micro-batches of one process for a local corpus held in memory: `rows` (n, seq_len) are
-    visited in a new seeded order every epoch, and micro-batch k of shard s holds the rows at positions
-    (k * S + s) * micro_batch_size ... of that endless order, so any split of the shards over processes
-    sees the same rows. The state is the count of micro-batches each shard has drawn."""
-
-    positional = False
-
-    def __init__(self, rows: torch.Tensor, micro_batch_size: int, num_shards: int, shards: range, seed: int):
-        if rows.shape[0] < micro_batch_size * num_shards:
-            raise DataError(
-                f"the training split holds {rows.shape[0]} rows, fewer than one global batch of "
-                f"{micro_batch_size * num_shards}; lower global_batch_size or seq_len"
-            )
-        self.rows, self.micro_batch_size, self.num_shards, self.seed = rows, micro_batch_size, num_shards, seed
-        self.drawn = {shard: 0 for shard in shards}
-        self.orders: dict[int, np.ndarray] = {}  # epoch -> row order; two at most (shards cross epochs apart)
-
-    def _order(self, epoch: int) -> np.ndarray:
-        if epoch not in self.orders:
-            self.orders = {e: order for e, order in self.orders.items() if e == epoch - 1}
-            self.orders[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.rows.shape[0])
-        return self.orders[epoch]
-
-    def next(self, shard: int) -> torch.Tensor:
-        first = (self.drawn[shard] * self.num_shards + shard) * self.micro_batch_size
-        self.drawn[shard] += 1
-        n = self.rows.shape[0]
-        index = [self._order(position // n)[position % n] for position in range(first, first + self.micro_batch_size)]
-        return self.rows[torch.as_tensor(np.array(index))].long()
-
-    def state_dict(self) -> dict:
-        return {"drawn": {str(shard): count for shard, count in self.drawn.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        if "drawn" not in state:
-            raise DataError(
-                "the checkpoint's data position was written for streamed batches (an older version of this "
-                "toolkit packed the local corpora as a stream); start this run again in a new run dir"
-            )
-        if set(state["drawn"]) != {str(shard) for shard in self.drawn}:
-            raise DataError(
-                "the checkpoint's data shards differ from this process's; resume with the same number of "
-                "processes, global_batch_size and micro_batch_size"
-            )
-        self.drawn = {int(shard): int(count) for shard, count in state["drawn"].items()}
+def _check_slice(offset: int, size: int, global_batch_size: int) -> None:
+    if offset < 0 or size < 1 or offset + size > global_batch_size:
+        raise ValueError(f"rows {offset} ... {offset + size - 1} are not within a batch of {global_batch_size}")
 
 
-def local_training_rows(data: DataConfig, tokenizer, seq_len: int) -> torch.Tensor:
-    """A local source's training split as (rows, seq_len) token ids: its documents in their fixed order, each
-    followed by EOS, cut into rows (the last partial row dropped)."""
-    documents = StdlibDocuments(data.source, "train", seed=0, holdout_fraction=data.holdout_fraction)
-    pieces = [np.asarray([*tokenizer.encode(text), tokenizer.eos_token_id], dtype=np.int32)
-              for text in documents.in_order()]
-    if not pieces:
-        raise DataError(f"{data.source} has no train documents; lower data.holdout_fraction")
-    tokens = np.concatenate(pieces)
-    n_rows = len(tokens) // seq_len
-    return torch.from_numpy(tokens[: n_rows * seq_len]).view(n_rows, seq_len)
-
-
-def training_batches(data: DataConfig, tokenizer, seq_len: int, micro_batch_size: int, num_shards: int,
-                     shards: range, seed: int):
-    """This process's training batches (see the module docstring): `next(shard)`, `state_dict()`,
-    `load_state_dict()`."""
-    if data.source == "hub":
-        documents = open_documents(data, "train", seed)
-        return StreamedBatches(documents, tokenizer, seq_len, micro_batch_size, num_shards, shards)
-    rows = local_training_rows(data, tokenizer, seq_len)
-    return ShuffledRows(rows, micro_batch_size, num_shards, shards, seed)
+def training_batches(data: DataConfig, tokenizer, seq_len: int, global_batch_size: int, seed: int):
+    """The run's training rows: `PreparedRows` when the data is prepared (or local), else `StreamedRows`."""
+    directory = prepared_directory(data)
+    if directory is not None:
+        return PreparedRows(directory, data, tokenizer, seq_len, global_batch_size, seed)
+    return StreamedRows(data, tokenizer, seq_len, global_batch_size)
 
 
 def eval_batch(data: DataConfig, tokenizer, seq_len: int, n_sequences: int) -> torch.Tensor:
-    """The held-out set: the first n_sequences packed rows of the validation documents, in an order fixed
-    independently of the run's seed, so every run of a grid is measured on the same tokens."""
-    documents = open_documents(data, "validation", seed=0)
-    tokens, need = [], n_sequences * seq_len
-    for text in documents:
-        if documents.epoch > 0:
-            raise DataError(
-                f"the validation documents of data={data.name} hold fewer than {need} tokens; lower "
-                "eval_sequences or raise data.holdout_fraction"
-            )
-        tokens += tokenizer.encode(text)
-        tokens.append(tokenizer.eos_token_id)
-        if len(tokens) >= need:
-            break
-    return torch.tensor(tokens[:need], dtype=torch.long).view(n_sequences, seq_len)
+    """The held-out set: the first n_sequences rows of the validation documents in the source's order,
+    independent of the run's seed, so every run of a grid is measured on the same tokens."""
+    need = n_sequences * seq_len
+    directory = prepared_directory(data)
+    if directory is not None:
+        tokens, _ = open_split(directory, "validation", _checked_manifest(directory, data, tokenizer))
+        tokens = np.asarray(tokens[:need], dtype=np.int64)
+    else:
+        pieces, have = [], 0
+        for text in open_documents(data, "validation"):
+            ids = tokenizer.encode(text)
+            pieces += [np.asarray(ids, dtype=np.int64), np.array([tokenizer.eos_token_id])]
+            have += len(ids) + 1
+            if have >= need:
+                break
+        tokens = np.concatenate(pieces)[:need] if pieces else np.zeros(0, dtype=np.int64)
+    if len(tokens) < need:
+        raise DataError(f"the validation documents of data={data.name} hold fewer than {need} tokens; lower "
+                        "eval_sequences or raise data.holdout_fraction")
+    return torch.from_numpy(tokens).view(n_sequences, seq_len)

@@ -181,6 +181,9 @@ class SlurmGridLauncher(SlurmLauncher):
             if not dry_run:
                 self._check_settings(timeout_min)
             everything, todo = plan(self.config, self.hydra_context, job_overrides, write_manifest=not dry_run)
+            if not dry_run:
+                for p in todo:
+                    _check_data(p)
             cell_plans = self._plan_cells(everything if dry_run else todo, timeout_min)
         except (LaunchError, PlanError) as error:
             fail(error)
@@ -301,6 +304,16 @@ class SlurmGridLauncher(SlurmLauncher):
                 f"hydra.launcher.gpus_per_node={self.params['gpus_per_node']} but {partition or 'no partition'} offers no GPUs "
                 "(sinfo GRES); choose a GPU partition with hydra.launcher.partition=NAME, or set hydra.launcher.gpus_per_node=0"
             )
+
+
+def _check_data(cell: PlannedCell) -> None:
+    """Hub data must be prepared before a cluster trains on it (sweeps/prepared.py says how, in one line)."""
+    from .prepared import check_prepared
+
+    try:
+        check_prepared(cell.config)
+    except ConfigError as error:
+        raise LaunchError(f"cell {cell.cell.name}: {error}") from None
 
 
 def slurm_minutes(limit: str) -> float | None:

@@ -1,9 +1,23 @@
 """What a run reports: metrics.jsonl in the run dir (the record), a progress line on stdout, and wandb.
 
 wandb is best effort: if it is not installed, cannot reach its server, or rejects the key, one warning is
-printed and the run goes on with metrics.jsonl alone. Its run id is the cell's `run_id`, so a requeued job
-continues the same wandb run (resume="allow"); steps already in its history are not sent again, so its
-steps never go backwards. Only the main process reports."""
+printed and the run goes on with metrics.jsonl alone. Only the main process reports.
+
+Requeued attempts continue one wandb run. Its id is the cell's `run_id`, so online an attempt resumes the
+same run (resume="allow"). Offline, each attempt writes its own directory under RUN_DIR/wandb/
+(`offline-run-<time>-<run_id>`), all with that id, and one command uploads them as one run, in the order
+they started:
+
+    wandb sync RUN_DIR/wandb/offline-run-*            # one cell
+    wandb sync SWEEP_DIR/*/wandb/offline-run-*        # a whole grid, one run per cell
+
+Either way every step reaches wandb once: an attempt first sends the steps of metrics.jsonl that the run
+does not have yet (an attempt killed hard loses what wandb had not written out), then trains on, and never
+sends a step the run already has (steps logged after the last checkpoint by an attempt that then stopped
+stay as that attempt logged them, as online). The finished run's results-table row is its summary's
+`result` (not the top level, where wandb keeps each metric's last logged value: `loss` there is the last
+step's raw loss); `python -m sweeps.collect` reads it from the API or from these files.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +27,7 @@ from pathlib import Path
 
 from .checkpoint import atomic_write_text
 from .config import WandbConfig
+from .wandb_files import last_step
 
 
 class MetricsLog:
@@ -43,7 +58,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 class WandbLogger:
     def __init__(self, config: WandbConfig, run_dir: Path, run_id: str, run_config: dict):
-        self.run = None
+        self.run, self.first_step = None, 1  # steps below first_step are in the wandb run already
         if config.mode == "disabled":
             return
         try:
@@ -61,11 +76,18 @@ class WandbLogger:
                 # The git revision is in run_config; wandb's own git probe would shell out to git.
                 settings=wandb.Settings(init_timeout=config.init_timeout_s, disable_git=True, console="off"),
             )
+            if config.mode == "offline":
+                self.first_step = last_step(Path(run_dir) / "wandb", run_id, exclude=Path(self.run.dir).parent) + 1
+            else:
+                self.first_step = max(1, self.run.step)
+            metrics = Path(run_dir) / "metrics.jsonl"
+            for row in read_metrics(metrics) if metrics.exists() else []:  # what earlier attempts did not send
+                self.log(row, row["step"])
         except Exception as error:  # wandb raises several types for network, key and setup problems
             self._give_up(error)
 
     def log(self, row: dict, step: int) -> None:
-        if self.run is None or step < self.run.step:
+        if self.run is None or step < self.first_step:
             return
         try:
             self.run.log(row, step=step)
@@ -76,7 +98,7 @@ class WandbLogger:
         if self.run is None:
             return
         try:
-            self.run.summary.update(summary)
+            self.run.summary["result"] = summary
             self.run.finish()
         except Exception as error:
             self._give_up(error)

@@ -90,8 +90,7 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
     layout = "single" if not parallelize.uses_fsdp(env, config.precision) else strategy
 
     shards = range(env.rank * accumulation, (env.rank + 1) * accumulation)
-    batches = training_batches(config.data, tokenizer, config.seq_len, config.micro_batch_size, num_shards, shards,
-                               config.seed)
+    batches = training_batches(config.data, tokenizer, config.seq_len, config.global_batch_size, config.seed)
     eval_rows = eval_batch(config.data, tokenizer, config.seq_len, config.eval_sequences).to(env.device)
 
     total_steps, the_run_id = config.total_steps, run_id(config)
@@ -102,18 +101,13 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
         meta = read_meta(latest)
         if meta["run_id"] != the_run_id:
             raise ConfigError(f"{latest} belongs to another run ({meta['run_id']}); use a new run dir")
-        same_layout = (meta["world_size"], meta["micro_batch_size"]) == (env.world_size, config.micro_batch_size)
-        if not same_layout and not batches.positional:
-            raise ConfigError(
-                f"{latest} was written by {meta['world_size']} process(es) at micro_batch_size={meta['micro_batch_size']}; "
-                "streamed data resumes only with the same layout: restore them, or prepare the data (python -m sweeps.prepare)"
-            )
         state = _training_state(trained, optimizer)
         rank_state = checkpointer.load(latest, state)
         set_state_dict(trained, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-        if not batches.positional:
-            batches.load_state_dict(rank_state["data"])
-        if same_layout and "rng" in rank_state:
+        # The data position is the same on every process (the step, or a streamed position at a step boundary),
+        # so any process count resumes from it; each process's RNG only where the process count is the same.
+        batches.load_state_dict(rank_state["data"])
+        if meta["world_size"] == env.world_size:
             torch.set_rng_state(rank_state["rng"]["torch"])
             if env.device.type == "cuda" and "cuda" in rank_state["rng"]:
                 torch.cuda.set_rng_state(rank_state["rng"]["cuda"], env.device)
@@ -142,7 +136,7 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
         while step < total_steps:
             step_start = time.perf_counter()
             lr = learning_rate(step, total_steps, config.peak_lr, config.optim)
-            loss_value, grad_norm = train_step(trained, optimizer, batches, shards, lr, config, strategy, env)
+            loss_value, grad_norm = train_step(trained, optimizer, batches, step, shards, lr, config, strategy, env)
             step += 1
             if not math.isfinite(loss_value):
                 raise FloatingPointError(
@@ -212,14 +206,15 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
     return result
 
 
-def train_step(trained, optimizer, batches, shards, lr, config, strategy, env) -> tuple[float, float]:
+def train_step(trained, optimizer, batches, step, shards, lr, config, strategy, env) -> tuple[float, float]:
     """One optimiser step over this process's micro-batches; returns the loss averaged over all processes
     and the gradient norm before clipping."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"]
     loss_sum = torch.zeros((), device=env.device)
     for index, shard in enumerate(shards):
-        input_ids = _to_device(batches.next(shard), env)
+        rows = batches.batch(step, shard * config.micro_batch_size, config.micro_batch_size)
+        input_ids = _to_device(rows, env)
         # ZeRO-3 reduce-scatters every micro-batch's gradients (nothing unsharded is kept between them); the
         # DDP-like layout keeps them and reduces once per step.
         parallelize.set_gradient_sync(trained, strategy == "fsdp" or index == len(shards) - 1)
@@ -252,7 +247,7 @@ def _rank_state(batches, env) -> dict:
     rng = {"torch": torch.get_rng_state()}
     if env.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(env.device)
-    return {"rng": rng, **({} if batches.positional else {"data": batches.state_dict()})}
+    return {"rng": rng, "data": batches.state_dict()}
 
 
 def learning_rate(step: int, total_steps: int, peak: float, optim: OptimConfig) -> float:
