@@ -14,6 +14,9 @@ each storage counted once):
   the hidden states): a 0-layer model's saved bytes per token at P = 1 (plain Qwen2: no aggregator), and at
   P = 2, 4, 8 fitted as base + per_stream * P; the loss's float32 gradient of the LM head (vocabulary x hidden,
   whatever the number of tokens) is left out here and counted by the memory model on its own;
+- one block's backward: the peak of live bytes (MemTracker) over a 2-layer model's forward and backward at a
+  small vocabulary (so that the activations dominate), less the weights, all saved activations and the loss's
+  working set, as a fraction of one block's saved bytes;
 - the loss (sweeps/loss.py): the peak of live bytes (torch's MemTracker) over its forward and backward at
   two chunk sizes, less its inputs: the slope is its working set per chunk token and vocabulary entry, the
   rest, per LM-head parameter, what it holds whatever the chunk (the float32 head gradient and its bf16 copy).
@@ -85,6 +88,25 @@ def outside_bytes_per_token(size: str, seq_len: int) -> dict[str, float]:
             "fit_error": round(float(error), 5)}
 
 
+def block_backward_fraction(size: str, seq_len: int, parscale_n: int = 4, vocab_size: int = 4096) -> float:
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    config = parscale_config(size, parscale_n=parscale_n, num_hidden_layers=2, vocab_size=vocab_size)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    module = CausalLMLoss(Qwen2ParScaleForCausalLM(config).to(torch.bfloat16), chunk_tokens=CHUNK_TOKENS)
+    ids = torch.randint(0, vocab_size - 300, (1, seq_len))
+    saved = _saved_bytes(module, ids)  # everything but the loss's float32 head gradient
+    tracker = MemTracker()
+    tracker.track_external(module)
+    with tracker:
+        module(ids).backward()
+    weights = sum(p.numel() * p.element_size() for p in module.parameters())
+    peak = tracker.get_tracker_snapshot("peak")[ids.device]["Total"] - weights
+    block = layer_bytes_per_token(size, seq_len) * parscale_n * seq_len
+    return (peak - saved) / block
+
+
 def _loss_peak_bytes(hidden_size: int, vocab_size: int, tokens: int) -> float:
     """Peak live bytes of the loss's forward and backward over `tokens` tokens in one chunk, its inputs (the
     hidden states and the head weight, bf16) excluded."""
@@ -116,13 +138,16 @@ def calibrate(seq_len: int, sizes, result: dict, layers: bool = True) -> dict:
     result.update(seq_len=seq_len, torch=torch.__version__, dtype="bfloat16", attention="sdpa")
     result.setdefault("layer_bytes_per_token", {})
     result.setdefault("outside_bytes_per_token", {})
-    for size in sizes:
+    for size in sizes if sizes != [""] else []:
         if layers:
             result["layer_bytes_per_token"][size] = round(layer_bytes_per_token(size, seq_len), 2)
         outside = result["outside_bytes_per_token"][size] = outside_bytes_per_token(size, seq_len)
         print(f"{size}: {result['layer_bytes_per_token'][size]:.1f} B per token per layer; outside the layers "
               f"{outside['P1']:.1f} at P = 1, {outside['base']:.1f} + {outside['per_stream']:.1f} x P above",
               flush=True)
+    fraction = block_backward_fraction("0.5B", seq_len)
+    result["block_backward_fraction"] = round(fraction, 3)
+    print(f"one block's backward: {fraction:.3f} x its saved activations at the peak")
     per_logit, per_head_param = loss_bytes(PAPER_SIZES["0.5B"].hidden_size, 151936)
     result["loss_bytes_per_logit"], result["loss_bytes_per_head_param"] = round(per_logit, 3), round(per_head_param, 3)
     print(f"loss: {per_logit:.2f} B per chunk token x vocabulary entry, {per_head_param:.2f} B per LM-head parameter")

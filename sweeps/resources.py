@@ -17,7 +17,7 @@ Memory per process (bytes; N = all parameters, W = processes, layout as in sweep
 - transient, on top of the activations: the larger of the loss's working set (sweeps/loss.py, calibrated:
   its float32 LM-head gradient and bf16 copy, per head parameter, plus one chunk's logits, per chunk token x
   vocabulary entry) and, later in the backward pass, the root's unsharded gradient with one block's backward
-  (assumed as large as the block's saved activations);
+  (calibrated as a fraction of the block's saved activations);
 - margin: 10% of everything that is allocated and freed during a step (caching-allocator fragmentation)
   plus 0.5 GiB of workspaces (cuBLAS, compiled kernels, NCCL).
 The sum is the predicted peak of reserved memory. A cell fits a GPU when it stays within the GPU's memory as
@@ -192,7 +192,7 @@ def memory(size: str, shape: Shape, layout: Layout) -> Memory:
     head = shape.vocab_size * shape.hidden_size
     loss = cal["loss_bytes_per_head_param"] * head + cal["loss_bytes_per_logit"] * min(layout.loss_chunk_tokens, tokens) * shape.vocab_size
     root_gradient = 0 if layout.strategy == "single" else compute_bytes * shape.root_params
-    transient = max(loss, root_gradient + per_layer)
+    transient = max(loss, root_gradient + cal["block_backward_fraction"] * per_layer)
     margin = FRAGMENTATION * (gathered + activations + transient) + WORKSPACE_BYTES
     return Memory(parameters, gradients, optimizer, gathered, activations, transient, margin)
 

@@ -105,30 +105,41 @@ def test_flops_per_token_follow_the_paper_and_p_streams_cost_p_times_the_backbon
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("parscale_n", [1, 2])
-def test_memory_model_matches_a_measured_forward_and_backward_at_a_real_width(parscale_n):
-    """The activation and loss part of the model against torch's MemTracker on a 2-layer model at the 0.5B
-    width and the paper's vocabulary (bf16, as FSDP2 computes), one micro-batch of 256 tokens."""
+@pytest.mark.parametrize("parscale_n, seq_len, vocab_size", [(1, 256, 151936), (2, 256, 151936), (4, 1024, 4096)])
+def test_memory_model_matches_a_measured_forward_and_backward_at_a_real_width(parscale_n, seq_len, vocab_size):
+    """The activations and the loss's working set predicted by the model against the peak of live memory that
+    torch's MemTracker measures on a 2-layer model at the 0.5B width (bf16, as FSDP2 computes): at the
+    paper's vocabulary, where the loss dominates, and at a small one, where the activations do."""
     from torch.distributed._tools.mem_tracker import MemTracker
 
     from models import Qwen2ParScaleForCausalLM, parscale_config
     from sweeps.loss import CausalLMLoss
 
     torch.manual_seed(0)
-    config = parscale_config("0.5B", parscale_n=parscale_n, num_hidden_layers=2)
+    changes = (("num_hidden_layers", 2), ("vocab_size", vocab_size))
+    config = parscale_config("0.5B", parscale_n=parscale_n, **dict(changes))
     config._attn_implementation = "sdpa"
     trained = CausalLMLoss(Qwen2ParScaleForCausalLM(config).to(torch.bfloat16), chunk_tokens=128)
-    ids = torch.randint(0, 150_000, (1, 256))
+    ids = torch.randint(0, vocab_size - 300, (1, seq_len))
     tracker = MemTracker()
     tracker.track_external(trained)
     with tracker:
         trained(ids).backward()
-    peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]
-    weights_and_grads = 2 * sum(p.numel() * p.element_size() for p in trained.parameters())
-    measured = peak["Total"] - weights_and_grads
+    weights = sum(p.numel() * p.element_size() for p in trained.parameters())
+    measured = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"] - weights
 
-    shape = resources.shape_of("0.5B", parscale_n, (("num_hidden_layers", 2),))
-    layout = resources.Layout(seq_len=256, micro_batch_size=1, global_batch_size=1, strategy="single",
+    shape = resources.shape_of("0.5B", parscale_n, changes)
+    layout = resources.Layout(seq_len=seq_len, micro_batch_size=1, global_batch_size=1, strategy="single",
                               loss_chunk_tokens=128)
     predicted = resources.memory("0.5B", shape, layout)
-    assert predicted.activations + predicted.transient == pytest.approx(measured, rel=0.15)
+    assert predicted.activations + predicted.transient == pytest.approx(measured, rel=0.05)
+
+
+def test_the_signal_delay_covers_the_longest_save_the_cell_measured(tmp_path):
+    before = plan_cell("1.6B-P4", paper_cell(tmp_path, "1.6B", 4), hardware("H100-80GB"))
+    measured = tmp_path / "checkpoints" / "step-00000500"
+    measured.mkdir(parents=True)
+    (measured / "meta.json").write_text(json.dumps({"step": 500, "save_s": 1000.0}))
+    after = plan_cell("1.6B-P4", paper_cell(tmp_path, "1.6B", 4), hardware("H100-80GB"))
+    assert before.checkpoint_s < 1000 and after.checkpoint_s == 1500.0
+    assert after.signal_delay_s >= before.signal_delay_s + 1500 - before.checkpoint_s - 1

@@ -192,3 +192,29 @@ def test_parscale_parameters_get_their_own_learning_rate_and_decay(tmp_path):
     assert parscale == {id(p) for p in model.parscale_state_dict().values()}
     assert all(g["weight_decay"] == 0 for g in by_scale[4.0])
     assert {g["weight_decay"] for g in by_scale[1.0]} == {config.optim.weight_decay, 0.0}
+
+
+def test_checkpoints_keep_the_newest_and_an_interrupted_save_never_replaces_a_good_one(tmp_path):
+    from sweeps.checkpoint import Checkpointer, complete_checkpoints
+    from sweeps.distributed import Environment
+
+    env = Environment(0, 1, 0, torch.device("cpu"))
+    checkpointer = Checkpointer(tmp_path, env, keep=2)
+    for step in (5, 10, 15):
+        checkpointer.save(step, {"model": {"w": torch.full((3,), float(step))}}, {"data": {}}, {"run_id": "x"})
+    assert [path.name for path in complete_checkpoints(tmp_path)] == ["step-00000010", "step-00000015"]
+    # A save killed half way leaves a .tmp directory: never read, removed by the next start.
+    torn = tmp_path / "checkpoints" / ".step-00000020.tmp"
+    torn.mkdir()
+    (torn / "__0_0.distcp").write_bytes(b"half")
+    restarted = Checkpointer(tmp_path, env, keep=2)
+    assert not torn.exists() and latest_checkpoint(tmp_path).name == "step-00000015"
+    state = {"model": {"w": torch.zeros(3)}}
+    restarted.load(latest_checkpoint(tmp_path), state)
+    assert state["model"]["w"].tolist() == [15.0] * 3 and read_meta(latest_checkpoint(tmp_path))["save_s"] >= 0
+
+
+def test_a_checkpoint_interval_in_minutes_saves_whatever_the_step_interval(tmp_path):
+    train(tiny_config(tmp_path / "run", 8, "checkpoint_interval=1000", "checkpoint_interval_min=1e-6"))
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [row["step"] for row in rows if "checkpoint_s" in row] == list(range(1, 8))  # every step but the last
