@@ -22,6 +22,7 @@ class GPUSpec:
 GPUS: dict[str, GPUSpec] = {
     spec.name: spec
     for spec in (
+        GPUSpec("A100-SXM-40GB", 312e12, 1555e9, 40e9, "NVIDIA A100 Tensor Core GPU datasheet (2021), SXM 40GB column"),
         GPUSpec("A100-SXM-80GB", 312e12, 2039e9, 80e9, "NVIDIA A100 Tensor Core GPU datasheet (2021), SXM 80GB column"),
         GPUSpec("A100-PCIe-80GB", 312e12, 1935e9, 80e9, "NVIDIA A100 Tensor Core GPU datasheet (2021), PCIe 80GB column"),
         GPUSpec("H100-SXM-80GB", 989e12, 3350e9, 80e9, "NVIDIA H100 Tensor Core GPU datasheet (2023), H100 SXM column"),
@@ -35,11 +36,20 @@ GPUS: dict[str, GPUSpec] = {
 }
 
 PAPER_GPU = "A100-SXM-80GB"
+# Short names of the common training GPUs.
+ALIASES = {"A100-40GB": "A100-SXM-40GB", "A100-80GB": "A100-SXM-80GB", "H100-80GB": "H100-SXM-80GB",
+           "H200-141GB": "H200-SXM-141GB"}
 
 
 def get_gpu(name: str | GPUSpec) -> GPUSpec:
     if isinstance(name, GPUSpec):
         return name
+    name = ALIASES.get(name, name)
     if name not in GPUS:
         raise ValueError(f"unknown GPU {name!r}; choose one of {list(GPUS)} or pass a GPUSpec with your device's numbers")
     return GPUS[name]
+
+
+def gpu_names() -> list[str]:
+    """Every name ``get_gpu`` accepts: the full names and their short aliases."""
+    return [*GPUS, *ALIASES]
