@@ -281,13 +281,12 @@ def _result(form, method, params, objective, status, reason, at_bound, data, del
     r2 = float(1.0 - np.sum(residual**2) / total) if total > 0 else math.nan
     table = pd.DataFrame()
     if with_residuals:
-        keep = [c for c in ("dataset", "size", "run_id", "seed", "tokens") if c in data.rows.columns]
-        table = data.rows[keep].reset_index(drop=True).assign(
-            params=data.N, P=data.P, loss=data.loss, predicted=predicted, residual=residual,
-            log_residual=log_residuals(data.loss, predicted),
-        )
+        columns = {c: data.rows[c].to_numpy() for c in ("dataset", "size", "run_id", "seed", "tokens") if c in data.rows.columns}
+        columns.update(params=data.N, P=data.P, loss=data.loss, predicted=predicted, residual=residual,
+                       log_residual=log_residuals(data.loss, predicted))
         if data.weights is not None:
-            table["weight"] = data.weights
+            columns["weight"] = data.weights
+        table = pd.DataFrame(columns)
     return FitResult(
         form=form.name,
         method=method,

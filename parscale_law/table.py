@@ -99,16 +99,21 @@ def _rows_text(table: pd.DataFrame, mask: np.ndarray, limit: int = 5) -> str:
 def size_groups(table: pd.DataFrame) -> pd.Series:
     """Backbone size of each row as a rank, small to large: the ``size`` column when it labels every row,
     else params grouped within 5% (ParScale's prefixes and aggregator add ~2% at P = 8)."""
+    params = pd.to_numeric(table["params"], errors="coerce").to_numpy(dtype=float)
     if "size" in table.columns and table["size"].notna().all():
-        order = table.groupby("size")["params"].min().sort_values().index
-        return table["size"].map({name: rank for rank, name in enumerate(order)})
-    sorted_params = pd.to_numeric(table["params"], errors="coerce").sort_values()
-    rank, ranks, anchor = -1, {}, None
-    for index, value in sorted_params.items():
-        if anchor is None or value > 1.05 * anchor:
-            rank, anchor = rank + 1, value
+        codes, labels = pd.factorize(table["size"])
+        smallest = np.full(len(labels), np.inf)
+        np.minimum.at(smallest, codes, params)
+        rank = np.argsort(np.argsort(smallest, kind="stable"), kind="stable")
+        return pd.Series(rank[codes], index=table.index)
+    order = np.argsort(params, kind="stable")
+    ranks = np.empty(len(params), dtype=int)
+    rank, anchor = -1, None
+    for index in order:
+        if anchor is None or params[index] > 1.05 * anchor:
+            rank, anchor = rank + 1, params[index]
         ranks[index] = rank
-    return pd.Series(ranks).reindex(table.index)
+    return pd.Series(ranks, index=table.index)
 
 
 WEIGHT_COLUMN = "_weight"
@@ -210,7 +215,7 @@ def prepare(
             "(fit the log form instead)"
         )
     sizes = size_groups(table).to_numpy(dtype=int)
-    cells = pd.factorize(pd.Series(list(zip(sizes, values["P"]))))[0]
+    cells = np.unique(np.stack([sizes, values["P"]]), axis=1, return_inverse=True)[1].ravel()
     return FitData(
         N=values["params"], P=values["P"], loss=values[loss_column], rows=table.copy(), weights=run_weights,
         D=values.get("tokens"), sizes=sizes, cells=cells,
