@@ -187,7 +187,8 @@ def streams_to_match(result: FitResult, boot=None, factors: Sequence[float] = MA
         (ax,) = panels(ax)
         x = np.arange(len(table))
         finite = np.isfinite(table["P"]).to_numpy()
-        top = max(float(np.nanmax(np.where(np.isfinite(table.get("high", table["P"])), table.get("high", table["P"]), np.nan), initial=largest)), largest) * 4
+        values = table[[c for c in ("P", "high") if c in table.columns]].to_numpy(float)
+        top = 4 * max(largest, float(np.max(values[np.isfinite(values)], initial=largest)))
         for i, row in enumerate(table.itertuples()):
             inside = not row.extrapolated
             if finite[i]:

@@ -21,7 +21,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -197,12 +197,8 @@ def _serving_cost(shape, P, batch, pairs, settings) -> tuple[float, float]:
     return float(np.mean([c.memory_gb for c in costs])), float(np.mean([c.latency_s for c in costs]))
 
 
-def _resampled_laws(boot: BootstrapResult, result: FitResult, tokens: float) -> list[ParScaleLaw]:
-    laws = []
-    for params in boot.samples[list(result.params)].to_dict("records"):
-        sample = FitResult(result.form, result.method, params, math.nan, math.nan, math.nan, "converged", "", 0, 0.0)
-        laws.append(law_of(sample, tokens))
-    return laws
+def _resampled_laws(boot: BootstrapResult, result: FitResult, tokens: float | None) -> list[ParScaleLaw]:
+    return [law_of(replace(result, params=params), tokens) for params in boot.samples[list(result.params)].to_dict("records")]
 
 
 def _intervals(laws, level, target, P, N, family, batch, pairs, settings) -> dict[str, tuple[float, float]]:

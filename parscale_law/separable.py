@@ -31,18 +31,19 @@ POLISHED_MINIMA = 3
 TINY = 1e-12
 
 
-def _solve_small(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """Solve a stack of 1x1, 2x2 (closed form) or larger systems; singular ones give inf or NaN."""
-    k = matrix.shape[-1]
+def _solve_small(matrix: list[list[np.ndarray]], rhs: list[np.ndarray]) -> list[np.ndarray]:
+    """Solve, per cell, a 1x1, 2x2 (closed form) or larger system given as nested lists of per-cell arrays;
+    singular cells give inf or NaN."""
+    k = len(rhs)
     if k == 1:
-        return rhs / matrix[:, 0]
+        return [rhs[0] / matrix[0][0]]
     if k == 2:
-        det = matrix[:, 0, 0] * matrix[:, 1, 1] - matrix[:, 0, 1] * matrix[:, 1, 0]
-        first = (rhs[:, 0] * matrix[:, 1, 1] - matrix[:, 0, 1] * rhs[:, 1]) / det
-        second = (matrix[:, 0, 0] * rhs[:, 1] - matrix[:, 1, 0] * rhs[:, 0]) / det
-        return np.stack([first, second], axis=1)
-    ridge = 1e-12 * np.trace(matrix, axis1=1, axis2=2)[:, None, None] * np.eye(k)
-    return np.linalg.solve(matrix + ridge, rhs[..., None])[..., 0]
+        det = matrix[0][0] * matrix[1][1] - matrix[0][1] * matrix[1][0]
+        return [(rhs[0] * matrix[1][1] - matrix[0][1] * rhs[1]) / det, (matrix[0][0] * rhs[1] - matrix[1][0] * rhs[0]) / det]
+    stacked = np.stack([np.stack(row, axis=-1) for row in matrix], axis=-2)
+    ridge = 1e-12 * np.trace(stacked, axis1=-2, axis2=-1)[:, None, None] * np.eye(k)
+    solved = np.linalg.solve(stacked + ridge, np.stack(rhs, axis=-1)[..., None])[..., 0]
+    return [solved[:, i] for i in range(k)]
 
 
 def finite_or_none(value: float):
@@ -146,7 +147,7 @@ class SeparableProblem:
     def _linear_part(self, y, w):
         """Per grid cell, E and the free terms' sizes b minimising sum v (y - known - E - sum b G)**2 with
         v = w / y**2 (relative errors), E >= its lower bound, b >= 0: every combination of active bounds
-        is solved and the best feasible one kept."""
+        is solved and the best feasible one kept. Arrays are per cell, one per coefficient pair."""
         v = w / y**2
         cells = math.prod(self.grid_shape)
         target = y - (0.0 if self.E_free else self.fixed["E"])
@@ -154,43 +155,46 @@ class SeparableProblem:
         if per_cell:
             target = target[None, :] - self.known
         columns = ([None] if self.E_free else []) + list(self.free_terms)  # None: the constant column
-        lower = np.array(([self.E_lower] if self.E_free else []) + [0.0] * len(self.free_terms))
+        lower = ([self.E_lower] if self.E_free else []) + [0.0] * len(self.free_terms)
         k = len(columns)
         if k == 0:
             return np.zeros(cells), []
-        gram = np.empty((cells, k, k))
-        rhs = np.empty((cells, k))
         vt = v * target
+        rhs = [np.broadcast_to(vt.sum(axis=-1) if j is None else (np.sum(self.G[j] * vt, axis=-1) if per_cell else self.G[j] @ vt), (cells,))
+               for j in columns]
+        gram = [[None] * k for _ in range(k)]
         for a, ja in enumerate(columns):
-            rhs[:, a] = (vt.sum(axis=-1) if ja is None else (np.sum(self.G[ja] * vt, axis=-1) if per_cell else self.G[ja] @ vt))
             for c in range(a, k):
                 jc = columns[c]
                 if ja is None and jc is None:
-                    value = v.sum()
+                    value = np.full(cells, v.sum())
                 elif ja is None or jc is None:
                     value = self.G[jc if ja is None else ja] @ v
                 else:
                     value = self._product(ja, jc) @ v
-                gram[:, a, c] = gram[:, c, a] = value
-        constant = np.sum(vt * target, axis=-1)
+                gram[a][c] = gram[c][a] = value
+        constant = np.broadcast_to(np.sum(vt * target, axis=-1), (cells,))
         best_value = np.full(cells, np.inf)
-        best_beta = np.tile(lower, (cells, 1))
+        best = [np.full(cells, bound) for bound in lower]
         for active in itertools.product((False, True), repeat=k):
             free = [a for a in range(k) if not active[a]]
-            beta = np.tile(lower, (cells, 1))
+            beta = [np.full(cells, bound) for bound in lower]
             if free:
-                clamped = [a for a in range(k) if active[a]]
-                reduced_rhs = rhs[:, free] - (gram[:, free][:, :, clamped] @ lower[clamped] if clamped else 0.0)
+                reduced_rhs = [rhs[a] - sum(gram[a][c] * lower[c] for c in range(k) if active[c]) for a in free]
                 with np.errstate(all="ignore"):
-                    beta[:, free] = _solve_small(gram[:, free][:, :, free], reduced_rhs)
-            feasible = np.all(beta >= lower - 1e-12, axis=1) & np.all(np.isfinite(beta), axis=1)
-            value = constant - 2 * np.sum(beta * rhs, axis=1) + np.einsum("ca,cab,cb->c", beta, gram, beta)
+                    solved = _solve_small([[gram[a][c] for c in free] for a in free], reduced_rhs)
+                for a, value in zip(free, solved):
+                    beta[a] = value
+            with np.errstate(all="ignore"):
+                feasible = np.logical_and.reduce([np.isfinite(beta[a]) & (beta[a] >= lower[a] - 1e-12) for a in range(k)])
+                value = constant - 2 * sum(beta[a] * rhs[a] for a in range(k))
+                value = value + sum(beta[a] * beta[c] * gram[a][c] for a in range(k) for c in range(k))
             better = feasible & (value < best_value)
             best_value = np.where(better, value, best_value)
-            best_beta = np.where(better[:, None], beta, best_beta)
-        E = best_beta[:, 0] if self.E_free else np.zeros(cells)
-        sizes = best_beta[:, 1:] if self.E_free else best_beta
-        return E, [np.maximum(sizes[:, i], TINY) for i in range(sizes.shape[1])]
+            best = [np.where(better, beta[a], best[a]) for a in range(k)]
+        E = best[0] if self.E_free else np.zeros(cells)
+        sizes = best[1:] if self.E_free else best
+        return E, [np.maximum(size, TINY) for size in sizes]
 
     def _product(self, a: int, c: int) -> np.ndarray:
         """G_a * G_c, cached: it depends on the design only, not on the losses or weights."""
@@ -235,15 +239,14 @@ class SeparableProblem:
             gradient = np.zeros(len(z))
             predicted = z[E_slot] if E_slot is not None else E_value
             parts = []
-            with np.errstate(all="ignore"):
-                for basis, x, theta_slots, size_slot, line, exponent_slot, exponent_at in plans:
-                    theta = [z[i] if i is not None else value for i, value in theta_slots]
-                    G, dG = basis(x, P, *theta)
-                    size = np.exp(z[size_slot] if size_slot is not None else line[0] + line[1] * theta[exponent_at])
-                    predicted = predicted + size * G
-                    parts.append((theta_slots, size_slot, line, exponent_slot, size * G, dG, size))
-                r = log_y - np.log(predicted)
-            if not np.all(np.isfinite(r)):
+            for basis, x, theta_slots, size_slot, line, exponent_slot, exponent_at in plans:
+                theta = [z[i] if i is not None else value for i, value in theta_slots]
+                G, dG = basis(x, P, *theta)
+                size = np.exp(z[size_slot] if size_slot is not None else line[0] + line[1] * theta[exponent_at])
+                predicted = predicted + size * G
+                parts.append((theta_slots, size_slot, line, exponent_slot, size * G, dG, size))
+            r = log_y - np.log(predicted)
+            if not math.isfinite(r.sum()):  # NaN or inf anywhere: outside the domain
                 return 1e10, gradient
             # Scaled by 1/delta so the objective is O(1) and L-BFGS-B's tolerances mean something.
             value = huber_sum(r, delta, w) / delta
@@ -262,11 +265,12 @@ class SeparableProblem:
             return value, gradient
 
         options = {"ftol": 1e-14, "gtol": 1e-10, "maxiter": 2000}
-        result = minimize(value_and_gradient, start, jac=True, method="L-BFGS-B", bounds=bounds, options=options)
-        if not result.success:
-            # A line search can stall where the Huber objective's curvature jumps (|r| = delta);
-            # restarting from there resets L-BFGS-B's curvature memory and usually finishes the job.
-            result = minimize(value_and_gradient, result.x, jac=True, method="L-BFGS-B", bounds=bounds, options=options)
+        with np.errstate(all="ignore"):  # the domain's edges are handled in value_and_gradient
+            result = minimize(value_and_gradient, start, jac=True, method="L-BFGS-B", bounds=bounds, options=options)
+            if not result.success:
+                # A line search can stall where the Huber objective's curvature jumps (|r| = delta);
+                # restarting from there resets L-BFGS-B's curvature memory and usually finishes the job.
+                result = minimize(value_and_gradient, result.x, jac=True, method="L-BFGS-B", bounds=bounds, options=options)
         result.fun = result.fun * delta
         result.bounds = bounds
         return result
