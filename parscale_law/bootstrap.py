@@ -55,6 +55,8 @@ class BootstrapResult:
     seconds: float
     scheme: str = DEFAULT_SCHEME
     components: dict[str, float] = field(default_factory=dict)
+    # Every resample's status, failed ones included (``samples`` holds the others, in the same order).
+    statuses: pd.Series = field(default_factory=lambda: pd.Series(dtype=str), repr=False)
 
     def interval(self, name: str) -> tuple[float, float]:
         table = self.intervals.set_index("name")
@@ -66,7 +68,8 @@ class BootstrapResult:
     @property
     def fraction_at_bound(self) -> float:
         """Share of the resamples whose fit ended with a parameter on a bound of its domain."""
-        return float(np.mean(self.samples["status"] == "at_bound")) if len(self.samples) else math.nan
+        statuses = self.statuses if len(self.statuses) else self.samples.get("status", pd.Series(dtype=str))
+        return float(np.mean(statuses == "at_bound")) if len(statuses) else math.nan
 
     @property
     def bound_fractions(self) -> dict[str, float]:
@@ -100,6 +103,7 @@ class BootstrapResult:
             "n_resamples": len(self.samples) + self.n_failed,
             "n_failed": self.n_failed,
             "fraction_at_bound": self.fraction_at_bound,
+            "statuses": self.statuses.value_counts().to_dict(),
             "bound_fractions": self.bound_fractions,
             "p_effect": self.p_effect,
             "components": self.components,
@@ -162,7 +166,7 @@ def bootstrap(
     residual_noise = point.residuals["log_residual"].to_numpy()
     residual_noise = residual_noise - residual_noise.mean()
 
-    rows, failed = [], 0
+    rows, statuses = [], []
     for _ in range(n):
         if components is not None:
             variances = components.draw_variances(rng)
@@ -173,15 +177,16 @@ def bootstrap(
             counts = row_counts(data, scheme, rng)
             result = fit_data(law_form, data, delta=delta, weights=counts, problem=problem, fixed=fixed, residuals=False)
             jitter = np.exp(rng.choice(residual_noise, size=len(at)))
+        statuses.append(result.status)
         if result.status == "failed":
-            failed += 1
             continue
         rows.append({**_sample_row(result, law_form, multiplier_P, at, jitter), "status": result.status, "at_bound": ",".join(result.at_bound)})
     samples = pd.DataFrame(rows)
     estimates = _sample_row(point, law_form, multiplier_P, at, np.ones(len(at)))
     intervals = _percentiles(samples, estimates, level)
-    return BootstrapResult(point, samples, intervals, level, failed, time.perf_counter() - started, scheme,
-                           components.as_dict() if components is not None else {})
+    statuses = pd.Series(statuses, name="status")
+    return BootstrapResult(point, samples, intervals, level, int((statuses == "failed").sum()), time.perf_counter() - started, scheme,
+                           components.as_dict() if components is not None else {}, statuses)
 
 
 def _prediction_points(predict_at, form: Form) -> np.ndarray:

@@ -71,9 +71,9 @@ def finished_runs(table: pd.DataFrame) -> pd.DataFrame:
 class FitData:
     """The rows a fit uses, as arrays, plus the cleaned table they came from.
 
-    ``weights`` multiply each run's term of the objective (ones unless given); ``D`` is the tokens column
-    (None unless the form uses it); ``sizes`` and ``cells`` label each run's backbone size and (size, P)
-    cell with integers, for the bootstrap's resampling units.
+    ``weights`` multiply each run's term of the objective (None: all 1); ``D`` is the tokens column (None
+    unless the form uses it); ``sizes`` and ``cells`` label each run's backbone size and (size, P, tokens)
+    cell with integers, for the bootstrap's resampling units (runs sharing a cell are replicate seeds).
     """
 
     N: np.ndarray
@@ -215,7 +215,10 @@ def prepare(
             "(fit the log form instead)"
         )
     sizes = size_groups(table).to_numpy(dtype=int)
-    cells = np.unique(np.stack([sizes, values["P"]]), axis=1, return_inverse=True)[1].ravel()
+    cell_key = [sizes, values["P"]]
+    if "tokens" in table.columns:  # runs at other training lengths are other cells, not replicates
+        cell_key.append(pd.to_numeric(table["tokens"], errors="coerce").fillna(-1).to_numpy(dtype=float))
+    cells = np.unique(np.stack(cell_key), axis=1, return_inverse=True)[1].ravel()
     return FitData(
         N=values["params"], P=values["P"], loss=values[loss_column], rows=table.copy(), weights=run_weights,
         D=values.get("tokens"), sizes=sizes, cells=cells,

@@ -33,8 +33,9 @@ def test_intervals_bracket_the_point_estimate(pile_bootstrap):
 
 def test_each_resample_s_status_is_recorded(pile_bootstrap):
     boot = pile_bootstrap
-    assert set(boot.samples["status"]) <= {"converged", "at_bound"}
-    assert boot.fraction_at_bound == pytest.approx(np.mean(boot.samples["status"] == "at_bound"))
+    assert set(boot.samples["status"]) <= {"converged", "at_bound"} and len(boot.statuses) == 300
+    assert list(boot.statuses[boot.statuses != "failed"]) == list(boot.samples["status"])
+    assert boot.fraction_at_bound == pytest.approx(np.mean(boot.statuses == "at_bound"))
     assert set(boot.bound_fractions) == {"E", "A", "alpha", "k"}
     data = boot.to_dict()
     assert {"scheme", "fraction_at_bound", "bound_fractions", "p_effect", "components", "n_failed"} <= set(data)
