@@ -69,7 +69,7 @@ from models import parscale_config
 from models.sizes import PAPER_SIZES, TINY_SIZES
 from parscale_law import load_published
 
-from .gpus import GPUS, PAPER_GPU, GPUSpec, get_gpu
+from .gpus import PAPER_GPU, GPUSpec, get_gpu, gpu_names
 
 BYTES_PER_VALUE = 2  # bf16
 GIB = 2**30
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     parser.add_argument("--input-tokens", type=int, default=64)
     parser.add_argument("--output-tokens", type=int, default=64)
-    parser.add_argument("--gpu", default=PAPER_GPU, choices=list(GPUS))
+    parser.add_argument("--gpu", default=PAPER_GPU, choices=gpu_names())
     parser.add_argument("--flop-efficiency", type=float, default=PAPER_FLOP_EFFICIENCY)
     parser.add_argument("--memory-efficiency", type=float, default=PAPER_MEMORY_EFFICIENCY)
     parser.add_argument("--json", action="store_true", help="print JSON (memory in GB = GiB, latency in s)")

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FormatStrFormatter
 
 from parscale_law import DATASETS, FitResult, bootstrap, fit, heldout_checks, load_published, prepare, read_results
 
@@ -412,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="resamples for intervals and bands; 0 for none (default 1000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cost-sizes", default=",".join(FIGURE4_SIZES), help="model sizes of the inference-cost figure (default 1.6B,2.8B,4.4B)")
-    parser.add_argument("--gpu", default=cost.PAPER_GPU, choices=list(cost.GPUS))
+    parser.add_argument("--gpu", default=cost.PAPER_GPU, choices=cost.gpu_names())
     args = parser.parse_args(argv)
     formats = [f.strip().lstrip(".") for f in args.format.split(",") if f.strip()]
     try:

@@ -22,7 +22,6 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 
 from .bootstrap import bootstrap, prediction_name

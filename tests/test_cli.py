@@ -95,10 +95,10 @@ def test_compare_forms_prefers_the_papers_log_form():
 def test_benchmark_command_reports_speed_up_and_objectives(capsys):
     from parscale_law.benchmark import main as benchmark
 
-    benchmark(["--repeats", "1", "--resamples", "10", "--simulations", "1", "--coverage-resamples", "5"])
+    benchmark(["--repeats", "1", "--resamples", "4", "--simulations", "1", "--coverage-resamples", "3"])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith(("stack-v2-python", "pile"))]
     assert len(rows) == 2 and all(line.rstrip().endswith("True") for line in rows)
-    assert out.count("10 resamples") == 2 * 3  # every scheme, both data sets
+    assert out.count("4 resamples") == 2 * 3  # every scheme, both data sets
     schemes = [line[14:25].strip() for line in out.splitlines() if line.startswith(("size offsets", "iid"))]
     assert schemes == ["row", "size", "parametric"] * 2
