@@ -4,11 +4,15 @@
     python -m analysis.cost --compare                          # parallel vs parameter scaling, per batch size
     python -m analysis.cost --compare --json                   # the same as JSON
 
-What it reproduces (the paper's inference-cost analysis, Figure 4; `tests/test_analysis_cost.py` checks it):
-1.6B at batch 1, 64 + 64 tokens, A100-SXM-80GB, efficiencies 0.7 / 0.9: P = 1 3.384 GB, 0.1262 s (paper
-3.38 GB, 0.128 s); P = 8 3.466 GB, 0.1418 s (3.47 GB, 0.144 s). Parallel scaling's memory / latency increase
-is 21.4 / 5.7 times smaller than parameter scaling's at batch 1 (paper 22 / 6), 12.6 / 3.0 at batch 2
-(13 / 3), 6.9 / 1.56 at 4 (7 / 1.7) and 3.6 / 0.83 at 8 (3.6 / 0.9).
+What it reproduces (`tests/test_analysis_cost.py` checks it): the paper's inference-cost analysis (Figure 4),
+made with llm-analysis as its released cost_analysis.py configures it. Against that tool's current source
+(`analysis/reference/`: the recording script and the 96 settings it recorded) the model agrees within 0.5%
+on memory everywhere and, at 64 + 64 tokens, within 2.7% on latency for the six sizes at P in {1, 8} and
+batch in {1, 8} (it is 0.7-2.7% below: it runs 63 decoding steps after the prefill where the tool runs 64).
+1.6B at batch 1, 64 + 64 tokens, A100-SXM-80GB, efficiencies 0.7 / 0.9: P = 1 3.383 GB, 0.1263 s (paper
+3.38 GB, 0.128 s); P = 8 3.475 GB, 0.1424 s (3.47 GB, 0.144 s). Parallel scaling's memory / latency increase
+is 21.1 / 5.6 times smaller than parameter scaling's at batch 1 (paper 22 / 6), 12.4 / 2.9 at batch 2
+(13 / 3), 6.8 / 1.53 at 4 (7 / 1.7) and 3.6 / 0.81 at 8 (3.6 / 0.9).
 
 The accounting:
 
@@ -21,26 +25,29 @@ Memory = weights + KV cache + activations, everything in bf16:
 - weights: every parameter, embedding included, 2 bytes each;
 - KV cache: 2 (K, V) x layers x KV heads x head_dim per position, for P x batch rows, each holding the
   prompt, the 48 prefix positions (P > 1) and the generated tokens but the last;
-- activations: the prefill peak, estimated as two residual-stream buffers (a layer's input and output)
-  for the P x batch rows, plus the logits of every prompt position for the batch rows (the LM head runs
-  once, after aggregation). Intermediate tensors inside a layer are not counted: they are freed layer by
-  layer, and counting them would overshoot the paper's figures.
+- activations: the prefill peak, the larger of a layer's largest tensor (the MLP's intermediate, for
+  the P x batch rows) and the logits of the batch rows (the LM head runs once, after aggregation), both
+  over every prefill position, the prefix's included, as the paper's analysis counts them. (Recent
+  transformers keep only the last position's logits in ``generate``, so real activations are smaller.)
 Memory is reported in GiB (2**30 bytes), which the paper's tool prints as "GB".
 
-Latency = prefill + (output tokens - 1) decode steps (the prefill already yields the first token). A
-forward pass costs, for each layer, the larger of FLOPs / (peak x FLOP efficiency) and bytes /
-(bandwidth x memory efficiency), where
-- FLOPs = 2 x positions x (the layer's matrix parameters) + 4 x positions x context x hidden (attention
-  scores and their weighted sum over every visible key), positions = P x batch x new positions;
-- bytes = the layer's weights + the positions' hidden states in and out + KV-cache traffic: the prefill
-  writes the cache once; each decode step moves it three times at its current length, because a
-  dynamic cache grows by concatenation (read the old cache, write the new one) and attention then
-  reads it;
-- the prefix is processed as 48 extra positions per stream at prefill, as in the released
-  implementation (this package's model only prepends it to keys and values, so this slightly
-  overestimates its prefill);
-- the embedding lookup (negligible) and the LM head run once per batch row, not P times; the LM head and
-  the aggregator each cost the larger of their FLOPs and reading their weights.
+Latency = prefill + (output tokens - 1) decode steps (the prefill already yields the first token). In a
+forward pass each part costs the larger of its FLOPs / (peak x FLOP efficiency) and its bytes /
+(bandwidth x memory efficiency); per layer the parts are
+- attention: FLOPs 2 x positions x (q, k, v, o matrices) + 4 x positions x context x hidden (scores and
+  their weighted sum over every visible key), positions = P x batch x new positions; bytes: its weights,
+  three hidden states per position (input, attention output, projection) and the KV-cache traffic: the
+  prefill writes the cache once; each decode step moves it three times at its current length, because a
+  dynamic cache grows by concatenation (read the old cache, write the new one) and attention then reads it;
+- the MLP: FLOPs 2 x positions x its three matrices; bytes: its weights and the intermediate per position;
+- two RMSNorms, each reading and writing the hidden states (memory-bound).
+The prefix is processed as 48 extra positions per stream at prefill, as the paper's analysis does (the
+released implementation and this package's model only prepend it to keys and values, so this slightly
+overestimates its prefill). The embedding lookup (negligible), the aggregator and the LM head run once per
+batch row, not P times; the last two each cost the larger of their FLOPs and reading their weights.
+Where the model and the tool part: at longer outputs the tool charges every decoding step two passes over
+the final KV cache, this model three over the cache as it grows, 4-7% more latency at 512 + 512 tokens,
+P = 8, batch 8.
 
 The paper's comparison (``compare_scaling``) averages memory and latency over input = output length in
 {64, 128, 256, 512}, then compares the 1.6B model at P = 8 with parameter scaling to the same loss: the
@@ -51,16 +58,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
 
 from models import parscale_config
+from models.sizes import PAPER_SIZES, TINY_SIZES
 from parscale_law import load_published
 
-from .gpus import GPUS, PAPER_GPU, GPUSpec, get_gpu
+from .gpus import PAPER_GPU, GPUSpec, get_gpu, gpu_names
 
 BYTES_PER_VALUE = 2  # bf16
 GIB = 2**30
@@ -143,6 +152,64 @@ class ModelShape:
         return self.non_embedding_params(P) + self.embedding_params
 
 
+# Size families a planner can widen to any parameter count: the named sizes share every shape but the width.
+FAMILIES = {"paper": PAPER_SIZES, "tiny": TINY_SIZES}
+# Intermediate sizes are rounded to these multiples, as the family's named sizes are.
+INTERMEDIATE_MULTIPLE = {"paper": 128, "tiny": 8}
+TRAINING_SEQUENCE = {"paper": 2048, "tiny": 64}
+
+
+def family_of(size: str) -> str:
+    """The family ("paper" or "tiny") a named size belongs to."""
+    for family, sizes in FAMILIES.items():
+        if size in sizes:
+            return family
+    raise ValueError(f"unknown size {size!r}; choose one of {[name for sizes in FAMILIES.values() for name in sizes]}")
+
+
+def shape_for_params(params: float, P: int, family: str = "paper") -> ModelShape:
+    """The narrowest model of ``family`` whose non-embedding parameter count with P streams (prefixes and
+    aggregator included, as the fitter's N) reaches ``params`` (to a relative 1e-6, so a named size's own
+    count gives that size). Widths are multiples of the head count; the intermediate size follows the
+    family's named sizes, interpolated in width (their ratio ~5.4)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {list(FAMILIES)}")
+    if not (math.isfinite(params) and params > 0):
+        raise ValueError(f"params={params!r} must be finite and positive")
+    named = sorted(FAMILIES[family].values(), key=lambda shape: shape.hidden_size)
+    base = ModelShape.from_size(named[0].name)
+    widths = [shape.hidden_size for shape in named]
+    ratios = [shape.intermediate_size / shape.hidden_size for shape in named]
+    multiple = INTERMEDIATE_MULTIPLE[family]
+
+    def at(units: int) -> ModelShape:
+        width = units * base.num_heads
+        inner = multiple * max(1, round(float(np.interp(width, widths, ratios)) * width / multiple))
+        return replace(base, hidden_size=width, intermediate_size=inner)
+
+    params = params * (1 - 1e-6)
+    low, high = 1, 1
+    while at(high).non_embedding_params(P) < params:
+        low, high = high, 2 * high
+        if high > 2**20:
+            raise ValueError(f"params={params:.3g} is beyond any width of the {family} family")
+    while low < high:  # smallest width reaching params
+        middle = (low + high) // 2
+        low, high = (middle + 1, high) if at(middle).non_embedding_params(P) < params else (low, middle)
+    return at(low)
+
+
+def training_flops(shape: ModelShape, P: int, tokens: float, sequence_length: int | None = None) -> float:
+    """FLOPs to train on ``tokens`` tokens: 3 x the forward pass (forward + backward), where a token's
+    forward pass runs the backbone P times (2 FLOPs per matrix parameter, plus causal attention over
+    ``sequence_length`` positions: 2 x sequence_length x hidden per layer), then the aggregator and the
+    LM head once. The 6ND rule with the streams made explicit."""
+    length = sequence_length or TRAINING_SEQUENCE["tiny" if shape.vocab_size < 1000 else "paper"]
+    per_stream = shape.num_layers * (2 * shape.layer_matrix_params + 2 * length * shape.num_heads * shape.head_dim)
+    per_token = P * per_stream + 2 * shape.aggregator_params(P) + 2 * shape.vocab_size * shape.hidden_size
+    return 3.0 * per_token * float(tokens)
+
+
 @dataclass(frozen=True)
 class InferenceCost:
     """Memory (bytes) and latency (seconds) of generating ``output_tokens`` after ``input_tokens``."""
@@ -214,7 +281,7 @@ def inference_cost(
         gpu=spec.name,
         weight_bytes=BYTES_PER_VALUE * shape.total_params(P),
         kv_cache_bytes=rows * cached_positions * shape.num_layers * shape.kv_bytes_per_position,
-        activation_bytes=BYTES_PER_VALUE * (2 * rows * prompt * shape.hidden_size + batch * input_tokens * shape.vocab_size),
+        activation_bytes=BYTES_PER_VALUE * max(rows * prompt * shape.intermediate_size, batch * prompt * shape.vocab_size),
         prefill_s=prefill,
         decode_s=decode,
     )
@@ -223,14 +290,25 @@ def inference_cost(
 def _forward_seconds(shape: ModelShape, P, batch, positions_per_row, logit_positions, context, cache_traffic, flop_rate, byte_rate) -> float:
     """One forward pass: ``positions_per_row`` new positions in each of the P x batch rows, attending to
     ``context`` keys, moving ``cache_traffic`` positions of KV cache per row and layer, and producing
-    ``logit_positions`` outputs per batch row."""
-    positions = P * batch * positions_per_row
-    layer_flops = 2 * positions * shape.layer_matrix_params + 4 * positions * context * shape.num_heads * shape.head_dim
-    layer_bytes = (
-        BYTES_PER_VALUE * (shape.layer_params + 2 * positions * shape.hidden_size)
-        + P * batch * cache_traffic * shape.kv_bytes_per_position
+    ``logit_positions`` outputs per batch row. Each part costs the larger of its FLOPs and its bytes."""
+    rows = P * batch
+    positions = rows * positions_per_row
+    h, kv, inner = shape.hidden_size, shape.num_kv_heads * shape.head_dim, shape.intermediate_size
+    attention_matrices = 2 * h * h + 2 * h * kv
+    attention_flops = 2 * positions * attention_matrices + 4 * positions * context * shape.num_heads * shape.head_dim
+    attention_bytes = (
+        BYTES_PER_VALUE * (attention_matrices + h + 2 * kv + 3 * positions * h)
+        + rows * cache_traffic * shape.kv_bytes_per_position
     )
-    seconds = shape.num_layers * max(layer_flops / flop_rate, layer_bytes / byte_rate)
+    mlp_flops = 2 * positions * 3 * h * inner
+    mlp_bytes = BYTES_PER_VALUE * (3 * h * inner + positions * inner)
+    norm_bytes = BYTES_PER_VALUE * 2 * positions * h  # each RMSNorm reads and writes the hidden states
+    layer = (
+        max(attention_flops / flop_rate, attention_bytes / byte_rate)
+        + max(mlp_flops / flop_rate, mlp_bytes / byte_rate)
+        + 2 * norm_bytes / byte_rate
+    )
+    seconds = shape.num_layers * layer
     outputs = batch * logit_positions
     for params in (shape.aggregator_params(P), shape.vocab_size * shape.hidden_size):  # aggregator, LM head
         seconds += max(2 * outputs * params / flop_rate, BYTES_PER_VALUE * params / byte_rate)
@@ -301,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     parser.add_argument("--input-tokens", type=int, default=64)
     parser.add_argument("--output-tokens", type=int, default=64)
-    parser.add_argument("--gpu", default=PAPER_GPU, choices=list(GPUS))
+    parser.add_argument("--gpu", default=PAPER_GPU, choices=gpu_names())
     parser.add_argument("--flop-efficiency", type=float, default=PAPER_FLOP_EFFICIENCY)
     parser.add_argument("--memory-efficiency", type=float, default=PAPER_MEMORY_EFFICIENCY)
     parser.add_argument("--json", action="store_true", help="print JSON (memory in GB = GiB, latency in s)")

@@ -8,8 +8,9 @@ Each figure is a function that draws into given axes (or a new paper-sized figur
 - ``loss_vs_params(result)``: loss against non-embedding parameters per P, the fitted curves, the
   fitted parameters and R^2 (the paper's Figure 2);
 - ``loss_contours(result)``: predicted-loss contours over (N, P), observed runs marked (Figure 3);
-- ``equivalence(result, boot)``: the multiplier 1 + k ln P against P with its bootstrap band, and every
-  run collapsing onto the P = 1 curve when drawn against effective parameters N (1 + k ln P);
+- ``equivalence(result, boot)``, ``multiplier_vs_params``, ``streams_to_match``, ``form_multipliers``
+  (in ``analysis.equivalence``): what P streams are worth in parameters, whether that depends on N, the
+  P that matches a larger model, and the forms' multipliers beyond the measured P;
 - ``residuals(result, holdouts)``: residuals of the fit, and held-out predictions against fitted points;
 - ``inference_cost(table)``: loss against memory and latency per batch size (Figure 4).
 
@@ -30,11 +31,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FormatStrFormatter
 
-from parscale_law import DATASETS, FitResult, InvalidTableError, bootstrap, fit, holdout, load_published, prepare, read_results
+from parscale_law import DATASETS, FitResult, bootstrap, fit, heldout_checks, load_published, prepare, read_results
 
 from . import cost, tables
+from .equivalence import P_values, equivalence, form_multipliers, multiplier_vs_params, panels, runs_of, streams_to_match
 from .style import (
     PARALLEL_SCALING_COLOUR,
     PARAMETER_SCALING_COLOUR,
@@ -51,24 +52,8 @@ from .style import (
 )
 
 FIGURE4_SIZES = ("1.6B", "2.8B", "4.4B")
+ALTERNATIVE_FORMS = ("rho", "power")
 GREEK = {"alpha": r"\alpha", "beta": r"\beta", "rho": r"\rho"}
-
-
-def runs_of(result: FitResult, table: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The runs to draw: ``table``'s usable rows (one data set), or else the runs the fit used."""
-    if table is None:
-        return result.residuals
-    return prepare(table, need_several_N=False, need_several_P=False).rows.reset_index(drop=True)
-
-
-def _P_values(runs: pd.DataFrame) -> list[float]:
-    return sorted(float(P) for P in runs["P"].unique())
-
-
-def _axes(ax, ncols=1):
-    if ax is None:
-        return new_figure(ncols)[1]
-    return np.atleast_1d(ax).ravel()
 
 
 def _param_text(name: str, value: float) -> str:
@@ -86,9 +71,9 @@ def loss_vs_params(result: FitResult, table: pd.DataFrame | None = None, ax=None
     """Loss against non-embedding parameters (log axis), one colour and marker per P, the fitted curve of
     each P, and the fitted parameters with R^2 in the corner."""
     runs = runs_of(result, table)
-    all_P = _P_values(runs)
+    all_P = P_values(runs)
     with paper_style():
-        (ax,) = _axes(ax)
+        (ax,) = panels(ax)
         N = runs["params"].to_numpy(float)
         grid = np.geomspace(N.min() / 1.15, N.max() * 1.15, 200)
         for P in all_P:
@@ -121,9 +106,9 @@ def loss_vs_params(result: FitResult, table: pd.DataFrame | None = None, ax=None
 def loss_contours(result: FitResult, table: pd.DataFrame | None = None, ax=None, title: str | None = None):
     """Predicted loss over (N, P) as a colour map with labelled contours; observed runs as dots."""
     runs = runs_of(result, table)
-    all_P = _P_values(runs)
+    all_P = P_values(runs)
     with paper_style():
-        (ax,) = _axes(ax)
+        (ax,) = panels(ax)
         N = runs["params"].to_numpy(float)
         n_grid = np.linspace(N.min() * 0.9, N.max() * 1.08, 180)
         p_grid = np.linspace(1.0, max(all_P) * 1.04, 140)
@@ -146,64 +131,6 @@ def loss_contours(result: FitResult, table: pd.DataFrame | None = None, ax=None,
     return ax.figure
 
 
-# --- (c) the log-P equivalence ------------------------------------------------------------------------
-
-
-def equivalence(result: FitResult, boot=None, table: pd.DataFrame | None = None, axes=None, title: str | None = None):
-    """Left: the effective-parameter multiplier against P (log axis), with the bootstrap band and each
-    run's own multiplier (the P = 1 parameters reaching its loss, over its N). Right: every run against
-    its effective parameters N * multiplier(P), on the single P = 1 curve."""
-    runs = runs_of(result, table)
-    all_P = _P_values(runs)
-    if result.multiplier(np.array([2.0])) is None:
-        raise ValueError(f"the {result.form!r} form defines no effective-parameter multiplier; draw loss_vs_params instead")
-    with paper_style():
-        left, right = _axes(axes, ncols=2)
-        grid = np.geomspace(1.0, max(all_P) * 2, 120)
-        left.plot(grid, result.multiplier(grid), color="black", lw=1.5, label="fit", gid="multiplier")
-        if boot is not None:
-            names = list(result.params)
-            curves = np.array([result.law_form.multiplier(row, grid) for row in boot.samples[names].to_dict("records")])
-            tail = (1 - boot.level) / 2 * 100
-            low, high = np.nanpercentile(curves, [tail, 100 - tail], axis=0)
-            left.fill_between(grid, low, high, color="grey", alpha=0.3, lw=0, label=f"{boot.level:.0%} bootstrap", gid="bootstrap band")
-        if result.form == "log":
-            law = result.law
-            for P in all_P:
-                rows = runs[runs["P"] == P]
-                own = law.params_for_loss(rows["loss"].to_numpy(float), 1) / rows["params"].to_numpy(float)
-                left.scatter(
-                    np.full(len(rows), P), own, marker=P_marker(P), s=P_marker_size(P) * 0.6, color=P_colour(P, all_P),
-                    edgecolor="black", linewidth=0.4, zorder=3, gid=f"run multiplier P={P:g}",
-                    label="runs: $N_{P=1}$(same loss) / $N$" if P == all_P[-1] else None,
-                )
-        left.axvspan(max(all_P), grid[-1], color="grey", alpha=0.08, lw=0)
-        left.text(max(all_P) * 1.05, 0.04, "extrapolated", transform=left.get_xaxis_transform(), fontsize=6, color="grey")
-        left.set_xscale("log", base=2)
-        left.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-        left.set_xlabel("Parallel streams $P$")
-        left.set_ylabel(r"Parameter multiplier $1 + k\,\ln P$" if result.form == "log" else "Parameter multiplier")
-        left.legend(loc="upper left")
-
-        effective = runs["params"].to_numpy(float) * result.multiplier(runs["P"].to_numpy(float))
-        curve = np.geomspace(effective.min() / 1.15, effective.max() * 1.15, 200)
-        right.plot(curve, result.predict(curve, np.ones_like(curve)), color="black", lw=1.2, label="law at $P=1$", gid="law at P=1")
-        for P in all_P:
-            mask = (runs["P"] == P).to_numpy()
-            right.scatter(
-                effective[mask], runs["loss"].to_numpy(float)[mask], marker=P_marker(P), s=P_marker_size(P),
-                color=P_colour(P, all_P), edgecolor="black", linewidth=0.5, zorder=3, label=P_label(P), gid=f"collapsed P={P:g}",
-            )
-        log_params_axis(right.xaxis)
-        right.set_xlabel(r"Effective parameters $N\,(1 + k\,\ln P)$" if result.form == "log" else "Effective parameters")
-        right.set_ylabel("Loss")
-        right.legend(loc="upper right")
-        if title:
-            left.set_title(f"{title}: multiplier", fontweight="bold")
-            right.set_title(f"{title}: runs collapse", fontweight="bold")
-    return left.figure
-
-
 # --- (d) residuals and held-out predictions -------------------------------------------------------------
 
 
@@ -212,9 +139,9 @@ def residuals(result: FitResult, holdouts: Sequence = (), axes=None, title: str 
     (``parscale_law.holdout`` results): the errors of its fit on the runs it saw, and of its predictions
     for the runs it did not, drawn apart, with the held-out MAPE."""
     runs = result.residuals
-    all_P = _P_values(runs)
+    all_P = P_values(runs)
     with paper_style():
-        first, *rest = _axes(axes, ncols=1 + len(holdouts))
+        first, *rest = panels(axes, ncols=1 + len(holdouts))
         relative = 100 * runs["residual"].to_numpy(float) / runs["loss"].to_numpy(float)
         for P in all_P:
             mask = (runs["P"] == P).to_numpy()
@@ -257,25 +184,6 @@ def _readable(query: str) -> str:
     for code, symbol in ((">=", "≥"), ("<=", "≤"), ("==", "="), ("params", "N")):
         query = query.replace(code, symbol)
     return re.sub(r"\d+(\.\d+)?(e[+-]?\d+)?", lambda m: format_params(float(m.group())), query)
-
-
-def heldout_checks(table: pd.DataFrame, dataset: str | None = None) -> list:
-    """Extrapolation checks any sweep supports: hold out the largest P, and the largest size (its runs at
-    every P); checks the table cannot support (too few runs left to fit) are skipped."""
-    rows = prepare(table, dataset=dataset).rows
-    largest_P = float(rows["P"].max())
-    largest_size = float(rows.loc[rows["P"] == rows["P"].min(), "params"].max())
-    # The largest size's runs at P > 1 have slightly more parameters (prefixes, aggregator) than at P = 1;
-    # every smaller size stays far below.
-    threshold = f"{largest_size * 0.99:.6g}"
-    splits = [(f"P < {largest_P:g}", f"P == {largest_P:g}"), (f"params < {threshold}", f"params >= {threshold}")]
-    checks = []
-    for train, test in splits:
-        try:
-            checks.append(holdout(rows, train=train, test=test))
-        except InvalidTableError:
-            continue  # e.g. one size left to train on: that check does not apply to this sweep
-    return checks
 
 
 # --- (e) Figure 4 -------------------------------------------------------------------------------------
@@ -438,6 +346,19 @@ def draw_fits(fitted: dict[str, FittedDataset], out: Path, formats, cost_sizes=F
         equivalence(item.fit, item.boot, item.runs, axes=axes[2 * row : 2 * row + 2], title=_title(label))
     figures["equivalence"] = figure
 
+    for name, draw in (("multiplier_vs_params", multiplier_vs_params), ("streams_to_match", streams_to_match)):
+        figure, axes = new_figure(ncols=len(labels))
+        for ax, label in zip(axes, labels):
+            draw(fitted[label].fit, fitted[label].boot, ax=ax, title=_title(label))
+        figures[name] = figure
+
+    figure, axes = new_figure(ncols=len(labels))
+    for ax, label in zip(axes, labels):
+        item = fitted[label]
+        forms = {"log": item.fit, **{name: fit(item.runs, form=name) for name in ALTERNATIVE_FORMS}}
+        form_multipliers(forms, {"log": item.boot} if item.boot is not None else {}, ax=ax, title=_title(label))
+    figures["form_multipliers"] = figure
+
     width = 1 + max(len(item.checks) for item in fitted.values())
     figure, axes = new_figure(ncols=width, nrows=len(labels), width=2.6 * width)
     for row, label in enumerate(labels):
@@ -490,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="resamples for intervals and bands; 0 for none (default 1000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cost-sizes", default=",".join(FIGURE4_SIZES), help="model sizes of the inference-cost figure (default 1.6B,2.8B,4.4B)")
-    parser.add_argument("--gpu", default=cost.PAPER_GPU, choices=list(cost.GPUS))
+    parser.add_argument("--gpu", default=cost.PAPER_GPU, choices=cost.gpu_names())
     args = parser.parse_args(argv)
     formats = [f.strip().lstrip(".") for f in args.format.split(",") if f.strip()]
     try:

@@ -48,3 +48,8 @@ def get_gpu(name: str | GPUSpec) -> GPUSpec:
     if name not in GPUS:
         raise ValueError(f"unknown GPU {name!r}; choose one of {list(GPUS)} or pass a GPUSpec with your device's numbers")
     return GPUS[name]
+
+
+def gpu_names() -> list[str]:
+    """Every name ``get_gpu`` accepts: the full names and their short aliases."""
+    return [*GPUS, *ALIASES]

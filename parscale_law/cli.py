@@ -2,6 +2,8 @@
 
     python -m parscale_law fit --published pile
     python -m parscale_law fit results.csv --dataset pile --bootstrap 1000 --holdout extrapolate-P --json fit.json
+    python -m parscale_law fit results.csv --fix E=1.7 --weights weight --bootstrap 1000 --scheme size
+    python -m parscale_law fit results.csv --form log-tokens
     python -m parscale_law compare --published stack-v2-python
 
 Bad input prints one line on stderr and exits with status 2, writing no output file.
@@ -23,6 +25,7 @@ from .fit import METHODS, fit
 from .forms import FORMS
 from .holdout import STANDARD_SPLITS, holdout
 from .published import DATASETS, load_published
+from .resample import SCHEMES
 from .table import read_results
 
 
@@ -35,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     fit_cmd.add_argument("--form", default="log", choices=sorted(FORMS), help="functional form (default: the paper's log form)")
     fit_cmd.add_argument("--method", default="fast", choices=METHODS, help="fast (default) or the paper's 300-start recipe")
     fit_cmd.add_argument("--bootstrap", type=int, default=0, metavar="N", help="resamples for confidence intervals (e.g. 1000)")
+    fit_cmd.add_argument("--scheme", default="parametric", choices=SCHEMES, help="how resamples are drawn (default parametric)")
     fit_cmd.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    fit_cmd.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE", help="hold a parameter at a value, e.g. E=1.7 (repeatable)")
+    fit_cmd.add_argument("--weights", metavar="COLUMN", help="column of per-run weights in the objective")
+    fit_cmd.add_argument("--predict", action="append", default=[], metavar="N,P", help="predicted loss with an interval at (N, P), e.g. 1.1e10,8 (repeatable)")
     fit_cmd.add_argument("--holdout", metavar="SPEC", help=f"{' | '.join(STANDARD_SPLITS)} | 'TRAIN_QUERY:TEST_QUERY'")
     fit_cmd.add_argument("--json", type=Path, metavar="OUT", help="write the result as JSON")
 
@@ -80,11 +87,30 @@ def _load(args) -> tuple[pd.DataFrame, list[str | None]]:
     return table, [None]
 
 
+def _fixed(specs: list[str]) -> dict[str, float]:
+    fixed = {}
+    for spec in specs:
+        name, _, value = spec.partition("=")
+        try:
+            fixed[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--fix {spec!r}: write NAME=VALUE, e.g. --fix E=1.7") from None
+    return fixed
+
+
+def _points(specs: list[str]) -> list[tuple[float, ...]]:
+    try:
+        return [tuple(float(v) for v in spec.split(",")) for spec in specs]
+    except ValueError:
+        raise ValueError(f"--predict {specs}: write N,P (N,P,TOKENS for log-tokens), e.g. --predict 1.1e10,8") from None
+
+
 def _fit_one(table: pd.DataFrame, dataset: str | None, args) -> dict:
-    result = fit(table, form=args.form, method=args.method, dataset=dataset, loss_column=args.loss_column)
+    options = {"form": args.form, "dataset": dataset, "loss_column": args.loss_column, "weights": args.weights, "fixed": _fixed(args.fix)}
+    result = fit(table, method=args.method, **options)
     out = {"dataset": dataset, **result.to_dict()}
     if args.bootstrap:
-        out["bootstrap"] = bootstrap(table, n=args.bootstrap, seed=args.seed, form=args.form, dataset=dataset, loss_column=args.loss_column).to_dict()
+        out["bootstrap"] = bootstrap(table, n=args.bootstrap, seed=args.seed, scheme=args.scheme, predict_at=_points(args.predict), **options).to_dict()
     if args.holdout:
         out["holdout"] = holdout(table, split=args.holdout, form=args.form, method=args.method, dataset=dataset, loss_column=args.loss_column).to_dict()
     return out
@@ -101,11 +127,16 @@ def _print_fits(report: dict) -> None:
         if out.get("A_prime") is not None:
             print(f"  {'A^alpha':<8} {out['A_prime']:>14.6g}")
         print(f"  R^2 {out['r2']:.4f}   RMSE {out['rmse']:.3g}   objective {out['objective']:.6g}   status {out['status']}")
+        if out["fixed"]:
+            print(f"  fixed: {', '.join(f'{k}={v:g}' for k, v in out['fixed'].items())}")
         if out["status"] != "converged":
             print(f"  ({out['reason']})")
         if "bootstrap" in out:
             boot = out["bootstrap"]
-            print(f"  bootstrap: {boot['n_resamples']} resamples, {boot['level']:.0%} intervals, {boot['n_failed']} failed, {boot['seconds']:.1f} s")
+            print(f"  bootstrap ({boot['scheme']}): {boot['n_resamples']} resamples, {boot['level']:.0%} intervals, {boot['n_failed']} failed, "
+                  f"{boot['fraction_at_bound']:.0%} at a bound, {boot['seconds']:.1f} s")
+            if boot["p_effect"]:
+                print(f"  streams: {boot['p_effect']}")
             for row in boot["intervals"]:
                 if row["name"] not in params:
                     print(f"    {row['name']:<18} {row['estimate']:.4g}   [{row['low']:.4g}, {row['high']:.4g}]")

@@ -1,19 +1,17 @@
 """Fitting a law to a results table.
 
-The objective is the paper's (Chen et al. 2025, arXiv 2505.10475, following Hoffmann et al. 2022):
-sum over runs of Huber_delta(ln L_obs - ln L_pred), delta = 1e-3, every parameter bounded below.
+The objective is the paper's (Chen et al. 2025, arXiv 2505.10475, following Hoffmann et al. 2022), in
+``parscale_law.objective``: sum over runs of w * Huber_delta(ln L_obs - ln L_pred), delta = 1e-3, every
+parameter bounded. Weights default to 1; ``fixed`` parameters are held at given values.
 
-Two methods minimise it:
+Three methods minimise it:
 
 - ``paper``: the released recipe exactly: L-BFGS-B (finite-difference gradients, scipy's default
-  tolerances) from each of the 300 points of the paper's starting grid, best objective kept.
-  Kept as a cross-check; it takes seconds.
-- ``fast`` (default): variable projection. For built-in (separable) forms the loss is linear in
-  (E, A**alpha) once (alpha, extra) is fixed, so a grid over (alpha, extra) with (E, A**alpha)
-  solved in closed form (relative least squares) maps the whole landscape in one vectorised step;
-  the best few local minima of that grid are then polished with L-BFGS-B on the exact Huber
-  objective with analytic gradients, in a centred parametrisation (N / geometric-mean N, ln A**alpha)
-  that keeps the problem well conditioned. Custom forms get a multi-start instead (see ``_fit_custom``).
+  tolerances) from each of the 300 points of the paper's starting grid, every parameter bounded below by
+  1e-8, best objective kept. Kept as a cross-check; it takes seconds.
+- ``fast`` (default) for the built-in (separable) forms: variable projection over a grid, then a polish
+  with analytic gradients (``parscale_law.separable``).
+- custom forms get a bounded multi-start instead (``_fit_multistart``).
 """
 
 from __future__ import annotations
@@ -22,37 +20,37 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.ndimage import minimum_filter
 from scipy.optimize import minimize
-from scipy.special import huber
 
-from .errors import UnknownNameError
+from .errors import InvalidTableError, UnknownNameError
 from .forms import PAPER_LOWER_BOUND, Form, SeparableForm, get_form
 from .law import ParScaleLaw
+from .objective import DELTA, huber_sum, log_residuals
+from .separable import SeparableProblem, finite_or_none
 from .table import FitData, prepare
 
-DELTA = 1e-3
 METHODS = ("fast", "paper")
 STATUSES = ("converged", "at_bound", "failed")
 
 # A parameter within this relative distance of a finite bound is reported as sitting on it.
 BOUND_TOLERANCE = 1e-6
-# Local minima of the (alpha, extra) grid that the fast method polishes.
-POLISHED_MINIMA = 3
-# Where the fast method looks for alpha: exponents of loss power laws are well inside this range.
-ALPHA_GRID = np.geomspace(0.01, 3.0, 40)
 # Custom forms: random starts drawn from the box the user's starting values span.
 CUSTOM_STARTS = 64
 
 
 @dataclass
 class FitResult:
-    """One fitted law: parameters, goodness of fit, residuals and how the optimiser ended."""
+    """One fitted law: parameters, goodness of fit, residuals and how the optimiser ended.
+
+    ``fixed`` names the parameters held at given values (they are in ``params`` too, and do not count in
+    ``n_params``); ``at_bound`` the free ones that ended on a bound of the fit's domain.
+    """
 
     form: str
     method: str
@@ -68,6 +66,8 @@ class FitResult:
     residuals: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
     # The form object itself, so custom forms predict; built-in forms are found again by name.
     form_spec: Form | None = field(default=None, repr=False, compare=False)
+    fixed: dict[str, float] = field(default_factory=dict)
+    at_bound: tuple[str, ...] = ()
 
     @property
     def law_form(self) -> Form:
@@ -75,7 +75,7 @@ class FitResult:
 
     @property
     def n_params(self) -> int:
-        return len(self.params)
+        return len(self.params) - len(self.fixed)
 
     @property
     def A_prime(self) -> float | None:
@@ -88,7 +88,7 @@ class FitResult:
 
     @property
     def aic(self) -> float:
-        """Akaike information criterion under Gaussian errors on ln L."""
+        """Akaike information criterion under Gaussian errors on ln L (free parameters counted)."""
         return self.n_points * math.log(self._log_rss() / self.n_points) + 2 * self.n_params
 
     @property
@@ -100,13 +100,24 @@ class FitResult:
 
     @property
     def law(self) -> ParScaleLaw:
-        """The paper's law object (only for the ``log`` form)."""
+        """The paper's law object (the ``log`` form; ``law_at(tokens)`` for ``log-tokens``)."""
+        if self.form == "log-tokens":
+            raise ValueError("the log-tokens law depends on the tokens too; use result.law_at(tokens=D)")
         if self.form != "log":
             raise ValueError(f"the {self.form!r} form is not the paper's log law; use result.predict() instead")
         return ParScaleLaw(**{name: self.params[name] for name in ("E", "A", "alpha", "k")})
 
-    def predict(self, N, P) -> np.ndarray:
-        return self.law_form.predict(self.params, N, P)
+    def law_at(self, tokens: float) -> ParScaleLaw:
+        """The paper's law at a fixed training length: log-tokens' B / D**beta joins E."""
+        if self.form != "log-tokens":
+            return self.law
+        p = self.params
+        return ParScaleLaw(E=p["E"] + p["B"] / float(tokens) ** p["beta"], A=p["A"], alpha=p["alpha"], k=p["k"])
+
+    def predict(self, N, P, tokens=None) -> np.ndarray:
+        if self.law_form.uses_tokens and tokens is None:
+            raise ValueError(f"the {self.form!r} form needs tokens: predict(N, P, tokens=D)")
+        return self.law_form.predict(self.params, N, P, tokens)
 
     def multiplier(self, P) -> np.ndarray | None:
         return self.law_form.multiplier(self.params, P)
@@ -123,12 +134,14 @@ class FitResult:
                 "bic": self.bic,
                 "status": self.status,
                 "reason": self.reason,
+                "at_bound": list(self.at_bound),
                 "form": self.form,
                 "method": self.method,
                 "n_points": self.n_points,
                 "seconds": self.seconds,
                 "delta": self.delta,
                 "params": dict(self.params),
+                "fixed": dict(self.fixed),
                 "residuals": self.residuals.to_dict(orient="records"),
             }
         )
@@ -161,18 +174,17 @@ class FitResult:
             delta=data["delta"],
             residuals=pd.DataFrame.from_records(data["residuals"]),
             form_spec=form,
+            fixed=dict(data.get("fixed", {})),
+            at_bound=tuple(data.get("at_bound", ())),
         )
 
 
 def huber_objective(form: Form, params: dict, data: FitData, delta: float = DELTA, weights=None) -> float:
-    """The paper's objective: sum of Huber_delta(ln L_obs - ln L_pred)."""
-    predicted = form.predict(params, data.N, data.P)
-    with np.errstate(all="ignore"):
-        r = np.log(data.loss) - np.log(predicted)
+    """The objective at ``params``: sum of w * Huber_delta(ln L_obs - ln L_pred); inf outside the domain."""
+    r = log_residuals(data.loss, form.predict(params, data.N, data.P, data.D))
     if not np.all(np.isfinite(r)):
         return math.inf
-    terms = huber(delta, r)
-    return float(np.sum(terms if weights is None else weights * terms))
+    return float(huber_sum(r, delta, _weights(data, weights)))
 
 
 def fit(
@@ -182,47 +194,99 @@ def fit(
     dataset: str | None = None,
     loss_column: str = "loss",
     delta: float = DELTA,
+    weights=None,
+    fixed: Mapping[str, float] | None = None,
 ) -> FitResult:
-    """Fit ``form`` to a results table (see ``parscale_law.table``) and return a :class:`FitResult`."""
+    """Fit ``form`` to a results table (see ``parscale_law.table``) and return a :class:`FitResult`.
+
+    ``weights``: a column name, a Series or one value per row, multiplying each run's term of the
+    objective. ``fixed``: parameters held at given values, e.g. ``{"E": 1.7}``.
+    """
     law_form = get_form(form)
     if method not in METHODS:
         raise UnknownNameError(f"unknown method {method!r}; choose one of {list(METHODS)}")
-    data = prepare(
-        table,
-        dataset=dataset,
-        loss_column=loss_column,
-        min_rows=len(law_form.param_names) + 1,
-        need_several_P=law_form.uses_P,
-    )
-    return fit_data(law_form, data, method=method, delta=delta)
+    fixed = check_fixed(law_form, fixed)
+    data = prepare_for(law_form, table, dataset=dataset, loss_column=loss_column, weights=weights, fixed=fixed)
+    return fit_data(law_form, data, method=method, delta=delta, fixed=fixed)
 
 
-def fit_data(form: Form, data: FitData, method: str = "fast", delta: float = DELTA, weights=None, problem=None) -> FitResult:
-    """Fit validated arrays; ``weights`` (row counts) serve the bootstrap, ``problem`` caches its grid."""
+def check_fixed(form: Form, fixed: Mapping[str, float] | None) -> dict[str, float]:
+    """``fixed`` as a dict of floats, refused in one line where it names no parameter of ``form``."""
+    fixed = {name: float(value) for name, value in (fixed or {}).items()}
+    unknown = sorted(set(fixed) - set(form.param_names))
+    if unknown:
+        raise UnknownNameError(f"fixed parameter(s) {unknown} are not in the {form.name!r} form's {list(form.param_names)}")
+    if len(fixed) == len(form.param_names):
+        raise ValueError("every parameter is fixed; leave at least one free to fit")
+    for name, value in fixed.items():
+        low, high = form.bounds[name]
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ValueError(f"fixed {name}={value:g} lies outside its bounds [{low:g}, {high:g}]")
+    return fixed
+
+
+def prepare_for(form: Form, table, dataset=None, loss_column="loss", weights=None, fixed=None) -> FitData:
+    """The validated arrays ``form`` needs from ``table`` (with its free parameters + 1 runs at least)."""
+    free = len(form.param_names) - len(fixed or {})
+    data = prepare(table, dataset=dataset, loss_column=loss_column, min_rows=free + 1, need_several_P=form.uses_P,
+                   weights=weights, need_tokens=form.uses_tokens)
+    if fixed and "k" in fixed:
+        low, _ = form.bounds_for(float(np.max(data.P)))["k"]
+        if fixed["k"] < low:
+            raise InvalidTableError(f"fixed k={fixed['k']:g} makes 1 + k ln P <= 0 at this table's largest P; use k > {low:.4g}")
+    return data
+
+
+def _weights(data: FitData, extra=None):
+    """The data's own weights times ``extra`` (a bootstrap's row counts); None when both are absent."""
+    if data.weights is None:
+        return None if extra is None else np.asarray(extra, dtype=float)
+    return data.weights if extra is None else data.weights * np.asarray(extra, dtype=float)
+
+
+def fit_data(
+    form: Form,
+    data: FitData,
+    method: str = "fast",
+    delta: float = DELTA,
+    weights=None,
+    problem: SeparableProblem | None = None,
+    fixed: Mapping[str, float] | None = None,
+    residuals: bool = True,
+) -> FitResult:
+    """Fit validated arrays. ``weights`` (a bootstrap's row counts) multiply the data's own; ``problem``
+    caches the fast method's grid across resamples; ``residuals=False`` skips the residual table."""
     started = time.perf_counter()
+    fixed = dict(fixed or {})
+    w = _weights(data, weights)
     if method == "paper":
-        params, optimiser_ok, message = _fit_paper(form, data, delta)
+        params, optimiser_ok, message, bounds = _fit_paper(form, data, delta, w, fixed)
     elif isinstance(form, SeparableForm):
-        problem = problem or SeparableProblem(form, data)
-        params, optimiser_ok, message = problem.solve(delta, weights)
+        problem = problem or SeparableProblem(form, data, fixed)
+        params, optimiser_ok, message = problem.solve(delta, w, data.loss)
+        bounds = problem.bounds
     else:
-        params, optimiser_ok, message = _fit_custom(form, data, delta, weights)
+        params, optimiser_ok, message, bounds = _fit_multistart(form, data, delta, w, fixed)
     objective = huber_objective(form, params, data, delta, weights)
-    status, reason = _status(form, params, objective, optimiser_ok, message)
-    return _result(form, method, params, objective, status, reason, data, delta, time.perf_counter() - started)
+    status, reason, at_bound = _status(form, params, bounds, fixed, objective, optimiser_ok, message)
+    return _result(form, method, params, objective, status, reason, at_bound, data, delta, fixed,
+                   time.perf_counter() - started, residuals)
 
 
-def _result(form, method, params, objective, status, reason, data, delta, seconds) -> FitResult:
-    predicted = form.predict(params, data.N, data.P)
+def _result(form, method, params, objective, status, reason, at_bound, data, delta, fixed, seconds, with_residuals) -> FitResult:
+    predicted = form.predict(params, data.N, data.P, data.D)
     with np.errstate(all="ignore"):
         residual = data.loss - predicted
-        log_residual = np.log(data.loss) - np.log(predicted)
     total = np.sum((data.loss - data.loss.mean()) ** 2)
     r2 = float(1.0 - np.sum(residual**2) / total) if total > 0 else math.nan
-    keep = [c for c in ("dataset", "size", "run_id", "seed") if c in data.rows.columns]
-    residuals = data.rows[keep].reset_index(drop=True).assign(
-        params=data.N, P=data.P, loss=data.loss, predicted=predicted, residual=residual, log_residual=log_residual
-    )
+    table = pd.DataFrame()
+    if with_residuals:
+        columns = {c: data.rows[c].to_numpy() for c in ("dataset", "size", "run_id", "seed", "tokens") if c in data.rows.columns}
+        columns.update(params=data.N, P=data.P, loss=data.loss, predicted=predicted, residual=residual,
+                       log_residual=log_residuals(data.loss, predicted))
+        if data.weights is not None:
+            columns["weight"] = data.weights
+        table = pd.DataFrame(columns)
     return FitResult(
         form=form.name,
         method=method,
@@ -235,198 +299,96 @@ def _result(form, method, params, objective, status, reason, data, delta, second
         n_points=len(data.loss),
         seconds=seconds,
         delta=delta,
-        residuals=residuals,
+        residuals=table,
         form_spec=form,
+        fixed=dict(fixed),
+        at_bound=at_bound,
     )
 
 
-def _status(form: Form, params: dict, objective: float, optimiser_ok: bool, message: str) -> tuple[str, str]:
+def _status(form: Form, params: dict, bounds, fixed, objective: float, optimiser_ok: bool, message: str):
     values = np.array([params[name] for name in form.param_names], dtype=float)
     if not (np.all(np.isfinite(values)) and math.isfinite(objective)):
-        return "failed", f"non-finite result ({message}); check the data for a P or N effect the form can express"
+        return "failed", f"non-finite result ({message}); check the data for a P or N effect the form can express", ()
     if not optimiser_ok:
-        return "failed", f"optimiser did not converge: {message}"
-    at_bound = []
+        return "failed", f"optimiser did not converge: {message}", ()
+    at_bound, names = [], []
     for name in form.param_names:
-        lo, hi = form.bounds[name]
+        if name in fixed:
+            continue
+        lo, hi = bounds[name]
         for edge in (lo, hi):
             if math.isfinite(edge) and abs(params[name] - edge) <= BOUND_TOLERANCE * max(abs(edge), 1e-2):
-                at_bound.append(f"{name}={params[name]:.3g} (bound {edge:g})")
+                at_bound.append(f"{name}={params[name]:.3g} (bound {edge:.4g})")
+                names.append(name)
     if at_bound:
-        return "at_bound", "parameter(s) at a bound: " + ", ".join(at_bound)
-    return "converged", message
+        return "at_bound", "parameter(s) at a bound: " + ", ".join(at_bound), tuple(names)
+    return "converged", message, ()
+
+
+def _objective_in(form: Form, data: FitData, delta: float, weights, fixed, names, scale):
+    """The objective over the free parameters ``names`` (in units ``scale``), 1e10 outside the domain."""
+    log_loss = np.log(data.loss)
+
+    def objective(x):
+        predicted = form.predict({**fixed, **dict(zip(names, x * scale))}, data.N, data.P, data.D)
+        with np.errstate(all="ignore"):
+            value = huber_sum(log_loss - np.log(predicted), delta, weights)
+        return value if np.isfinite(value) else 1e10
+
+    return objective
 
 
 # --- the paper's recipe ---------------------------------------------------------------------------
 
 
-def _fit_paper(form: Form, data: FitData, delta: float):
-    names = form.param_names
+def _fit_paper(form: Form, data: FitData, delta: float, weights, fixed):
+    names = [name for name in form.param_names if name not in fixed]
     scale = np.array([form.scale.get(name, 1.0) for name in names])
-    bounds = [
-        (max(form.bounds[name][0] / s, PAPER_LOWER_BOUND), _finite(form.bounds[name][1] / s))
-        for name, s in zip(names, scale)
-    ]
-    log_loss = np.log(data.loss)
-
-    def objective(x):
-        predicted = form.predict(dict(zip(names, x * scale)), data.N, data.P)
-        with np.errstate(all="ignore"):
-            value = np.sum(huber(delta, log_loss - np.log(predicted)))
-        return value if np.isfinite(value) else 1e10
-
+    paper_bounds = {name: (max(form.bounds[name][0], PAPER_LOWER_BOUND * form.scale.get(name, 1.0)), form.bounds[name][1]) for name in names}
+    bounds = [(paper_bounds[n][0] / s, finite_or_none(paper_bounds[n][1] / s)) for n, s in zip(names, scale)]
+    objective = _objective_in(form, data, delta, weights, fixed, names, scale)
     best = None
     for start in itertools.product(*(form.starts[name] for name in names)):
         result = minimize(objective, np.array(start) / scale, method="L-BFGS-B", bounds=bounds)
         if best is None or result.fun < best.fun:
             best = result
-    return dict(zip(names, best.x * scale)), True, f"paper recipe: best of {math.prod(len(form.starts[n]) for n in names)} starts ({best.message})"
-
-
-# --- the fast method for separable forms -----------------------------------------------------------
-
-
-class SeparableProblem:
-    """The (alpha, extra) grid of one data set, computed once and reused across bootstrap resamples."""
-
-    def __init__(self, form: SeparableForm, data: FitData):
-        self.form = form
-        self.data = data
-        self.N0 = float(np.exp(np.mean(np.log(data.N))))
-        self.n = data.N / self.N0
-        self.log_loss = np.log(data.loss)
-        extra_lo, extra_hi = form.bounds[form.extra]
-        self.alphas = ALPHA_GRID
-        self.extras = np.clip(np.asarray(form.extra_grid, dtype=float), extra_lo, extra_hi)
-        a, x = np.meshgrid(self.alphas, self.extras, indexing="ij")
-        with np.errstate(all="ignore"):
-            G, _, _ = form.basis(self.n[None, None, :], data.P[None, None, :], a[..., None], x[..., None])
-        self.G = G  # (alphas, extras, points)
-        self.E_lower = form.bounds["E"][0]
-
-    def solve(self, delta: float, weights=None):
-        w = np.ones_like(self.data.loss) if weights is None else np.asarray(weights, dtype=float)
-        E, b = self._linear_part(w)
-        with np.errstate(all="ignore"):
-            predicted = E[..., None] + b[..., None] * self.G
-            grid_objective = np.sum(w * huber(delta, self.log_loss - np.log(predicted)), axis=-1)
-        grid_objective = np.where(np.isfinite(grid_objective), grid_objective, np.inf)
-        is_minimum = (minimum_filter(grid_objective, size=3, mode="constant", cval=np.inf) == grid_objective) & np.isfinite(grid_objective)
-        candidates = np.argwhere(is_minimum)
-        order = np.argsort(grid_objective[is_minimum])[:POLISHED_MINIMA]
-        best = None
-        for i, j in candidates[order]:
-            start = np.array([E[i, j], math.log(b[i, j]), self.alphas[i], self.extras[j]])
-            result = self._polish(start, w, delta)
-            if best is None or result.fun < best.fun:
-                best = result
-        if best is None:
-            return {name: math.nan for name in self.form.param_names}, False, "no finite point on the (alpha, extra) grid"
-        E_fit, log_b, alpha, extra = best.x
-        with np.errstate(all="ignore"):
-            A = self.N0 * math.exp(min(log_b / alpha, 700.0)) if alpha > 0 else math.inf
-        params = {"E": E_fit, "A": A, "alpha": alpha, self.form.extra: extra}
-        return params, bool(best.success) or self._stationary(best), f"variable projection + L-BFGS-B ({best.message})"
-
-    def _linear_part(self, w):
-        """Per grid cell, E and b minimising sum w ((y - E - b G) / y)**2 with E >= lower bound, b > 0."""
-        y = self.data.loss
-        v = w / y**2
-        S, Sy = v.sum(), (v * y).sum()
-        Sg, Sgg, Sgy = self.G @ v, (self.G**2) @ v, self.G @ (v * y)
-        with np.errstate(all="ignore"):
-            det = S * Sgg - Sg**2
-            b = (S * Sgy - Sg * Sy) / det
-            E = (Sy - b * Sg) / S
-            low = E < self.E_lower
-            E = np.where(low, self.E_lower, E)
-            b = np.where(low, (Sgy - self.E_lower * Sg) / Sgg, b)
-        tiny = 1e-12
-        flat = ~(b > tiny)
-        b = np.where(flat, tiny, b)
-        E = np.where(flat, np.maximum(Sy / S, self.E_lower), E)
-        return E, b
-
-    def _polish(self, start, w, delta):
-        form = self.form
-        lo_E = form.bounds["E"][0]
-        lo_a, hi_a = form.bounds["alpha"]
-        lo_x, hi_x = form.bounds[form.extra]
-        bounds = [(lo_E, None), (None, None), (lo_a, _finite(hi_a)), (lo_x, _finite(hi_x))]
-        start = np.clip(start, [lo_E, -np.inf, lo_a, lo_x], [np.inf, np.inf, hi_a, hi_x])
-        n, P, y_log = self.n, self.data.P, self.log_loss
-
-        def value_and_gradient(z):
-            E, log_b, alpha, extra = z
-            with np.errstate(all="ignore"):
-                G, dG_alpha, dG_extra = form.basis(n, P, alpha, extra)
-                b = np.exp(log_b)
-                predicted = E + b * G
-                r = y_log - np.log(predicted)
-            if not np.all(np.isfinite(r)):
-                return 1e10, np.zeros(4)
-            # Scaled by 1/delta so the objective is O(1) and L-BFGS-B's tolerances mean something.
-            value = np.sum(w * huber(delta, r)) / delta
-            slope = -w * np.clip(r, -delta, delta) / (delta * predicted)
-            gradient = np.array([slope.sum(), (slope * b * G).sum(), (slope * b * dG_alpha).sum(), (slope * b * dG_extra).sum()])
-            return value, gradient
-
-        options = {"ftol": 1e-14, "gtol": 1e-10, "maxiter": 2000}
-        result = minimize(value_and_gradient, start, jac=True, method="L-BFGS-B", bounds=bounds, options=options)
-        if not result.success:
-            # A line search can stall where the Huber objective's curvature jumps (|r| = delta);
-            # restarting from there resets L-BFGS-B's curvature memory and usually finishes the job.
-            result = minimize(value_and_gradient, result.x, jac=True, method="L-BFGS-B", bounds=bounds, options=options)
-        result.fun = result.fun * delta
-        return result
-
-    @staticmethod
-    def _stationary(result) -> bool:
-        # L-BFGS-B may stop on "abnormal termination in line search" at an optimum whose gradient is
-        # already at rounding level; accept those, report the rest.
-        return bool(np.all(np.isfinite(result.x))) and float(np.max(np.abs(result.jac))) < 1e-5
-
-
-def _finite(value: float):
-    return value if math.isfinite(value) else None
+    params = {**fixed, **dict(zip(names, best.x * scale))}
+    message = f"paper recipe: best of {math.prod(len(form.starts[n]) for n in names)} starts ({best.message})"
+    return params, True, message, paper_bounds
 
 
 # --- custom forms ----------------------------------------------------------------------------------
 
 
-def _fit_custom(form: Form, data: FitData, delta: float, weights=None):
+def _fit_multistart(form: Form, data: FitData, delta: float, weights, fixed):
     """Multi-start L-BFGS-B from random points in the box spanned by the user's starting values
-    (log-uniform for positive ranges wider than 10x), plus the box's corners' centre; best kept."""
-    names = form.param_names
+    (log-uniform for positive ranges wider than 10x), plus the box's centre; best kept."""
+    names = [name for name in form.param_names if name not in fixed]
+    bounds_used = form.bounds_for(float(np.max(data.P)))
     scale = np.array([form.scale.get(name, 1.0) for name in names])
-    bounds = [(_finite(form.bounds[n][0] / s), _finite(form.bounds[n][1] / s)) for n, s in zip(names, scale)]
+    bounds = [(finite_or_none(bounds_used[n][0] / s), finite_or_none(bounds_used[n][1] / s)) for n, s in zip(names, scale)]
     rng = np.random.default_rng(0)
     lows = np.array([min(form.starts[n]) for n in names]) / scale
     highs = np.array([max(form.starts[n]) for n in names]) / scale
     log_box = (lows > 0) & (highs > 10 * lows)
     u = rng.random((CUSTOM_STARTS, len(names)))
-    starts = np.where(
-        log_box,
-        np.exp(np.log(np.where(log_box, lows, 1)) + u * (np.log(np.where(log_box, highs, 1)) - np.log(np.where(log_box, lows, 1)))),
-        lows + u * (highs - lows),
-    )
+    safe_lows, safe_highs = np.where(log_box, lows, 1), np.where(log_box, highs, 1)
+    starts = np.where(log_box, np.exp(np.log(safe_lows) + u * (np.log(safe_highs) - np.log(safe_lows))), lows + u * (highs - lows))
     starts = np.vstack([(lows + highs) / 2, starts])
-    log_loss = np.log(data.loss)
-    w = np.ones_like(log_loss) if weights is None else np.asarray(weights, dtype=float)
+    objective = _objective_in(form, data, delta, weights, fixed, names, scale)
 
-    def objective(x):
-        predicted = form.predict(dict(zip(names, x * scale)), data.N, data.P)
-        with np.errstate(all="ignore"):
-            value = np.sum(w * huber(delta, log_loss - np.log(predicted))) / delta
-        return value if np.isfinite(value) else 1e10
+    def scaled(x):
+        return objective(x) / delta
 
     best = None
     for start in starts:
-        result = minimize(objective, start, method="L-BFGS-B", bounds=bounds, options={"ftol": 1e-14, "gtol": 1e-10})
+        result = minimize(scaled, start, method="L-BFGS-B", bounds=bounds, options={"ftol": 1e-14, "gtol": 1e-10})
         if best is None or result.fun < best.fun:
             best = result
-    ok = best.fun < 1e10
-    return dict(zip(names, best.x * scale)), ok, f"multi-start L-BFGS-B, {len(starts)} starts ({best.message})"
+    ok = best.fun < 1e10 / delta
+    params = {**fixed, **dict(zip(names, best.x * scale))}
+    return params, ok, f"multi-start L-BFGS-B, {len(starts)} starts ({best.message})", bounds_used
 
 
-__all__ = ["FitResult", "fit", "fit_data", "huber_objective", "SeparableProblem", "DELTA", "METHODS"]
+__all__ = ["FitResult", "fit", "fit_data", "huber_objective", "check_fixed", "prepare_for", "DELTA", "METHODS"]

@@ -18,7 +18,7 @@ import pandas as pd
 from .errors import InvalidTableError, UnknownNameError
 from .fit import FitResult, fit
 from .forms import Form
-from .table import finished_runs
+from .table import finished_runs, prepare, size_groups
 
 STANDARD_SPLITS = {
     # The paper's question: do P <= 4 runs predict P = 8?
@@ -108,19 +108,24 @@ def holdout(
     return HoldoutResult(train, test, result, predictions, heldout_metrics(observed, predicted))
 
 
-def size_groups(table: pd.DataFrame) -> pd.Series:
-    """Backbone size of each row, ordered small to large: the ``size`` column when present, else
-    params grouped within 5% (ParScale's prefixes and aggregator add ~2% at P = 8)."""
-    if "size" in table.columns:
-        order = table.groupby("size")["params"].min().sort_values().index
-        return table["size"].map({name: rank for rank, name in enumerate(order)})
-    sorted_params = table["params"].sort_values()
-    rank, ranks, anchor = -1, {}, None
-    for index, value in sorted_params.items():
-        if anchor is None or value > 1.05 * anchor:
-            rank, anchor = rank + 1, value
-        ranks[index] = rank
-    return pd.Series(ranks).reindex(table.index)
+def heldout_checks(table: pd.DataFrame, dataset: str | None = None) -> list:
+    """Extrapolation checks any sweep supports: hold out the largest P, and the largest size (its runs at
+    every P); checks the table cannot support (too few runs left to fit) are skipped."""
+    rows = prepare(table, dataset=dataset).rows
+    largest_P = float(rows["P"].max())
+    largest_size = float(rows.loc[rows["P"] == rows["P"].min(), "params"].max())
+    # The largest size's runs at P > 1 have slightly more parameters (prefixes, aggregator) than at P = 1;
+    # every smaller size stays far below.
+    threshold = f"{largest_size * 0.99:.6g}"
+    splits = [(f"P < {largest_P:g}", f"P == {largest_P:g}"), (f"params < {threshold}", f"params >= {threshold}")]
+    checks = []
+    for train, test in splits:
+        try:
+            checks.append(holdout(rows, train=train, test=test))
+        except InvalidTableError:
+            continue  # e.g. one size left to train on: that check does not apply to this sweep
+    return checks
+
 
 
 def rollout(

@@ -23,7 +23,7 @@ uses, and refuses bad input with an :class:`InvalidTableError` that names the of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,18 +69,69 @@ def finished_runs(table: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class FitData:
-    """The rows a fit uses, as arrays, plus the cleaned table they came from."""
+    """The rows a fit uses, as arrays, plus the cleaned table they came from.
+
+    ``weights`` multiply each run's term of the objective (None: all 1); ``D`` is the tokens column (None
+    unless the form uses it); ``sizes`` and ``cells`` label each run's backbone size and (size, P, tokens)
+    cell with integers, for the bootstrap's resampling units (runs sharing a cell are replicate seeds).
+    """
 
     N: np.ndarray
     P: np.ndarray
     loss: np.ndarray
     rows: pd.DataFrame
+    weights: np.ndarray | None = None
+    D: np.ndarray | None = None
+    sizes: np.ndarray | None = None
+    cells: np.ndarray | None = None
+
+    def with_loss(self, loss: np.ndarray) -> "FitData":
+        """The same runs with other losses (a parametric bootstrap's simulated ones)."""
+        return replace(self, loss=np.asarray(loss, dtype=float))
 
 
 def _rows_text(table: pd.DataFrame, mask: np.ndarray, limit: int = 5) -> str:
     labels = [str(i) for i in table.index[mask][:limit]]
     more = int(mask.sum()) - len(labels)
     return ", ".join(labels) + (f" (+{more} more)" if more > 0 else "")
+
+
+def size_groups(table: pd.DataFrame) -> pd.Series:
+    """Backbone size of each row as a rank, small to large: the ``size`` column when it labels every row,
+    else params grouped within 5% (ParScale's prefixes and aggregator add ~2% at P = 8)."""
+    params = pd.to_numeric(table["params"], errors="coerce").to_numpy(dtype=float)
+    if "size" in table.columns and table["size"].notna().all():
+        codes, labels = pd.factorize(table["size"])
+        smallest = np.full(len(labels), np.inf)
+        np.minimum.at(smallest, codes, params)
+        rank = np.argsort(np.argsort(smallest, kind="stable"), kind="stable")
+        return pd.Series(rank[codes], index=table.index)
+    order = np.argsort(params, kind="stable")
+    ranks = np.empty(len(params), dtype=int)
+    rank, anchor = -1, None
+    for index in order:
+        if anchor is None or params[index] > 1.05 * anchor:
+            rank, anchor = rank + 1, params[index]
+        ranks[index] = rank
+    return pd.Series(ranks, index=table.index)
+
+
+WEIGHT_COLUMN = "_weight"
+
+
+def _attach_weights(table: pd.DataFrame, weights) -> pd.DataFrame:
+    """The table with a weight column, from a column name, a Series (aligned on the index) or an array."""
+    if isinstance(weights, str):
+        if weights not in table.columns:
+            raise InvalidTableError(f"no weights column {weights!r}; the table has {list(table.columns)}")
+        values = table[weights]
+    elif isinstance(weights, pd.Series):
+        values = weights.reindex(table.index)
+    else:
+        values = np.asarray(weights, dtype=float).ravel()
+        if len(values) != len(table):
+            raise InvalidTableError(f"{len(values)} weights for a table of {len(table)} rows; give one weight per row")
+    return table.assign(**{WEIGHT_COLUMN: values})
 
 
 def prepare(
@@ -90,21 +141,26 @@ def prepare(
     min_rows: int = 1,
     need_several_N: bool = True,
     need_several_P: bool = True,
+    weights=None,
+    need_tokens: bool = False,
 ) -> FitData:
     """Validate a results table and return the arrays to fit.
 
-    ``min_rows`` is the number of rows the form needs (its parameter count + 1). Rows are named by
-    their index in the table passed in.
+    ``min_rows`` is the number of rows the form needs (its free parameters + 1). ``weights`` (a column
+    name, a Series or one value per row) weigh each run in the objective; ``need_tokens`` requires a
+    ``tokens`` column with at least two values. Rows are named by their index in the table passed in.
     """
     if not isinstance(table, pd.DataFrame):
         raise InvalidTableError(f"expected a pandas DataFrame, got {type(table).__name__}; read files with read_results()")
-    required = ("params", "P", loss_column)
+    required = ("params", "P", loss_column) + (("tokens",) if need_tokens else ())
     missing = [c for c in required if c not in table.columns]
     if missing:
         raise InvalidTableError(
             f"missing column(s) {missing}; the table has {list(table.columns)}. "
-            "A results table needs params (non-embedding N), P and loss"
+            "A results table needs params (non-embedding N), P and loss" + (", and tokens for this form" if need_tokens else "")
         )
+    if weights is not None:
+        table = _attach_weights(table, weights)
     if "dataset" in table.columns:
         names = sorted(map(str, table["dataset"].dropna().unique()))
         if dataset is not None:
@@ -130,8 +186,17 @@ def prepare(
     below_one = values["P"] < 1
     if below_one.any():
         raise InvalidTableError(f"P must be >= 1 (a count of streams); rows {_rows_text(table, below_one)} are not")
+    run_weights = None
+    if weights is not None:
+        run_weights = pd.to_numeric(table[WEIGHT_COLUMN], errors="coerce").to_numpy(dtype=float)
+        bad = ~np.isfinite(run_weights) | (run_weights < 0)
+        if bad.any():
+            raise InvalidTableError(f"weights must be finite and >= 0; rows {_rows_text(table, bad)} are not")
+        if not (run_weights > 0).any():
+            raise InvalidTableError("every weight is 0; give at least one run a positive weight")
+        table = table.drop(columns=WEIGHT_COLUMN)
 
-    key = [c for c in ("dataset", "params", "P", "seed") if c in table.columns]
+    key = [c for c in ("dataset", "params", "P", "tokens", "seed") if c in table.columns]
     duplicated = table.duplicated(subset=key, keep=False).to_numpy()
     if duplicated.any():
         raise InvalidTableError(
@@ -139,9 +204,22 @@ def prepare(
             "drop the duplicates, or give replicates distinct seeds in a 'seed' column"
         )
     if len(table) < min_rows:
-        raise InvalidTableError(f"{len(table)} usable rows but the form needs at least {min_rows} (its parameters + 1); add runs")
+        raise InvalidTableError(f"{len(table)} usable rows but the form needs at least {min_rows} (its free parameters + 1); add runs")
     if need_several_N and np.unique(values["params"]).size < 2:
         raise InvalidTableError("all rows have the same params; the law needs runs at two or more model sizes")
     if need_several_P and np.unique(values["P"]).size < 2:
         raise InvalidTableError("all rows have the same P; fitting the P effect needs runs at two or more P values")
-    return FitData(N=values["params"], P=values["P"], loss=values[loss_column], rows=table.copy())
+    if need_tokens and np.unique(values["tokens"]).size < 2:
+        raise InvalidTableError(
+            f"every run has tokens = {values['tokens'][0]:.4g}; a tokens term needs runs at two or more token counts "
+            "(fit the log form instead)"
+        )
+    sizes = size_groups(table).to_numpy(dtype=int)
+    cell_key = [sizes, values["P"]]
+    if "tokens" in table.columns:  # runs at other training lengths are other cells, not replicates
+        cell_key.append(pd.to_numeric(table["tokens"], errors="coerce").fillna(-1).to_numpy(dtype=float))
+    cells = np.unique(np.stack(cell_key), axis=1, return_inverse=True)[1].ravel()
+    return FitData(
+        N=values["params"], P=values["P"], loss=values[loss_column], rows=table.copy(), weights=run_weights,
+        D=values.get("tokens"), sizes=sizes, cells=cells,
+    )

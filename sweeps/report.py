@@ -55,6 +55,13 @@ def report(sweep_dir: Path, n_bootstrap: int = 1000, seed: int = 0) -> bool:
     return counts["failed"] == 0
 
 
+VERDICTS = {
+    "helps": "streams help: k's interval lies above 0",
+    "no evidence": "no evidence that streams help or hurt: k's interval contains 0",
+    "hurts": "streams hurt: k's interval lies below 0",
+}
+
+
 def _print_summary(result, boot, table: pd.DataFrame) -> None:
     k_low, k_high = boot.interval("k")
     m_low, m_high = boot.interval("multiplier@P=8")
@@ -62,7 +69,9 @@ def _print_summary(result, boot, table: pd.DataFrame) -> None:
     print(
         f"  law: E={result.params['E']:.4g} A={result.params['A']:.4g} alpha={result.params['alpha']:.4g} "
         f"k={result.params['k']:.4g} [{k_low:.3g}, {k_high:.3g}]  R^2={result.r2:.4f} ({result.status})\n"
-        f"  P = 8 streams act like {multiplier:.3g}x the parameters [{m_low:.3g}, {m_high:.3g}] (95% bootstrap)"
+        f"  P = 8 streams act like {multiplier:.3g}x the parameters [{m_low:.3g}, {m_high:.3g}] "
+        f"({boot.level:.0%} {boot.scheme} bootstrap, {boot.fraction_at_bound:.0%} of resamples at a bound)\n"
+        f"  {VERDICTS[boot.p_effect]}"
     )
     for size, rows in table.groupby("size", sort=False):
         by_P = rows.groupby("P")["loss"].mean().sort_index()

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from analysis import figures, tables
+from analysis import equivalence, figures, tables
 from analysis.cost import averaged_cost
 from analysis.style import SAVE_DPI
-from parscale_law import bootstrap, fit, holdout, load_published
+from parscale_law import ParScaleLaw, bootstrap, fit, holdout, load_published, simulate
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,49 @@ def test_equivalence_draws_the_multiplier_band_and_the_collapse(stack, stack_boo
         np.testing.assert_allclose(points[:, 1] - result.predict(points[:, 0], 1), residual, atol=1e-12)
 
 
+def test_multiplier_against_N_draws_each_runs_implied_multiplier_and_the_fitted_constant(stack_boot):
+    table = load_published("pile")
+    result = fit(table)
+    boot = bootstrap(table, n=30, seed=0)
+    figure = equivalence.multiplier_vs_params(result, boot, table)
+    implied = artist(figure, "implied P=8").get_ydata()
+    # The reading of the Pile: at P = 8 the streams are worth 1.59x at 0.5B and 1.72x at 4.4B.
+    assert implied[0] == pytest.approx(1.59, abs=0.01) and implied[-1] == pytest.approx(1.72, abs=0.01)
+    runs = table[table["P"] == 8]
+    expected = result.params["A"] * (runs["loss"] - result.params["E"]) ** (-1 / result.params["alpha"]) / runs["params"]
+    np.testing.assert_allclose(implied, expected.to_numpy())
+    constant = artist(figure, "fitted P=8").get_ydata()
+    assert constant[0] == constant[1] == pytest.approx(1 + result.params["k"] * np.log(8))
+    band = artist(figure, "band P=8").get_paths()[0].vertices[:, 1]
+    low, high = boot.interval("multiplier@P=8")
+    assert band.min() == pytest.approx(low, rel=0.02) and band.max() == pytest.approx(high, rel=0.02)
+
+
+def test_streams_to_match_a_larger_model(stack, stack_boot):
+    _, result = stack
+    table = equivalence.streams_for_multiplier(result, (1.5, 2.0, 3.0), stack_boot)
+    k = result.params["k"]
+    np.testing.assert_allclose(table["P"], np.exp((table["factor"] - 1) / k), rtol=1e-3)  # 1 + k ln P = factor
+    assert list(table["extrapolated"]) == [False, True, True]  # only 1.5x lies within the measured P <= 8
+    assert (table["low"] < table["P"]).all() and (table["P"] < table["high"]).all()
+    figure = equivalence.streams_to_match(result, stack_boot)
+    assert artist(figure, "P for 1.5x").get_offsets()[0][1] == pytest.approx(table["P"][0])
+    hurting = fit(simulate(ParScaleLaw(E=1.5, A=4e7, alpha=0.22, k=-0.05), N=np.geomspace(5e7, 5e9, 6)))
+    assert np.isinf(equivalence.streams_for_multiplier(hurting)["P"]).all()  # no number of streams is worth more
+
+
+def test_form_multipliers_side_by_side(stack, stack_boot):
+    table, result = stack
+    fits = {"log": result, "rho": fit(table, form="rho"), "power": fit(table, form="power")}
+    figure = equivalence.form_multipliers(fits, {"log": stack_boot})
+    for name, form_fit in fits.items():
+        line = artist(figure, f"multiplier {name}")
+        np.testing.assert_allclose(line.get_ydata(), form_fit.multiplier(line.get_xdata()))
+        assert line.get_xdata().max() == pytest.approx(64)  # 8x the largest measured P
+    artist(figure, "band log")
+    assert "rho ($\\Delta$AIC" in " ".join(t.get_text() for t in figure.axes[0].get_legend().get_texts())
+
+
 def test_residuals_draw_heldout_predictions_apart_from_fitted_runs(stack):
     table, result = stack
     check = holdout(table, split="extrapolate-P")
@@ -164,7 +207,8 @@ def test_cli_draws_every_figure_from_a_table_without_dataset_column(tmp_path, ca
     assert figures.main(["--results", str(path), "--out", str(out), "--format", "png,pdf", "--bootstrap", "10"]) == 0
     # One data set: one panel per figure, two for the equivalence, three for the residuals (the fit and
     # two held-out checks), a 2 x 4 grid for the inference cost; inches x 200 dpi.
-    sizes = {"loss_vs_params": (700, 540), "loss_contours": (780, 540), "equivalence": (1400, 540), "residuals": (1560, 540), "inference_cost": (1600, 880)}
+    sizes = {"loss_vs_params": (700, 540), "loss_contours": (780, 540), "equivalence": (1400, 540), "residuals": (1560, 540),
+             "inference_cost": (1600, 880), "multiplier_vs_params": (700, 540), "streams_to_match": (700, 540), "form_multipliers": (700, 540)}
     for name, size in sizes.items():
         with Image.open(out / f"{name}.png") as image:
             assert image.format == "PNG" and image.size == size, name

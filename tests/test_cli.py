@@ -31,7 +31,23 @@ def test_fit_file_with_json_bootstrap_and_holdout(tmp_path, capsys):
     assert data["A"] == pytest.approx(PAPER_FITS["stack-v2-python"]["A"], rel=1e-3)
     assert data["holdout"]["mape"] < 1.0
     assert {row["name"] for row in data["bootstrap"]["intervals"]} >= {"k", "multiplier@P=8"}
-    assert "bootstrap: 50 resamples" in capsys.readouterr().out
+    assert "bootstrap (parametric): 50 resamples" in capsys.readouterr().out
+
+
+def test_fit_with_fixed_weights_scheme_and_predictions(tmp_path, capsys):
+    table = tmp_path / "runs.csv"
+    load_published("pile").assign(w=1.0).to_csv(table, index=False)
+    out = tmp_path / "fit.json"
+    assert main(["fit", str(table), "--fix", "E=1.3", "--weights", "w", "--bootstrap", "20", "--scheme", "size",
+                 "--predict", "1.1e10,8", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["E"] == 1.3 and data["fixed"] == {"E": 1.3}
+    assert data["bootstrap"]["scheme"] == "size" and data["bootstrap"]["p_effect"] == "helps"
+    assert "loss@N=1.1e+10,P=8" in {row["name"] for row in data["bootstrap"]["intervals"]}
+    printed = capsys.readouterr().out
+    assert "fixed: E=1.3" in printed and "streams: helps" in printed
+    done = run_cli("fit", str(table), "--fix", "E")
+    assert done.returncode == 2 and "NAME=VALUE" in done.stderr
 
 
 def test_csv_input_and_paper_method(tmp_path):
@@ -79,8 +95,10 @@ def test_compare_forms_prefers_the_papers_log_form():
 def test_benchmark_command_reports_speed_up_and_objectives(capsys):
     from parscale_law.benchmark import main as benchmark
 
-    benchmark(["--repeats", "1", "--resamples", "10"])
+    benchmark(["--repeats", "1", "--resamples", "4", "--simulations", "1", "--coverage-resamples", "3"])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith(("stack-v2-python", "pile"))]
     assert len(rows) == 2 and all(line.rstrip().endswith("True") for line in rows)
-    assert out.count("10 resamples") == 2
+    assert out.count("4 resamples") == 2 * 3  # every scheme, both data sets
+    schemes = [line[14:25].strip() for line in out.splitlines() if line.startswith(("size offsets", "iid"))]
+    assert schemes == ["row", "size", "parametric"] * 2

@@ -36,3 +36,12 @@ def test_A_prime_convention():
     law = ParScaleLaw.from_A_prime(E=0.6912, A_prime=STACK.A_prime, alpha=0.1894, k=0.3935)
     assert law.A == pytest.approx(STACK.A, rel=1e-12)
     assert law.predict(1e9, 4) == pytest.approx(STACK.A_prime / (1e9 * STACK.multiplier(4)) ** STACK.alpha + STACK.E)
+
+
+def test_streams_that_hurt():
+    law = ParScaleLaw(E=1.5, A=4e7, alpha=0.22, k=-0.2)
+    assert law.multiplier(8) == pytest.approx(1 - 0.2 * np.log(8)) and law.multiplier(8) < 1
+    assert law.predict(1e9, 8) > law.predict(1e9, 1)
+    assert law.params_for_loss(1.8, 8) > law.params_for_loss(1.8, 1)
+    # Past P = e^5 the multiplier is below zero: no N reaches any loss, and the loss is undefined.
+    assert np.isinf(law.params_for_loss(1.8, 1000)) and np.isnan(law.predict(1e9, 1000))
