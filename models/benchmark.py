@@ -6,6 +6,9 @@ timed round-robin, repeatedly, and the best round is kept. Time is the process's
 by default: unlike wall-clock time it does not count the other jobs of a shared machine (`--threads`
 uses more; CPU time then includes the threads' waiting).
 
+`--baseline REV` adds ParScale at each P as the code of git revision REV builds it (same weights), timed in
+the same rounds, to measure a change of the model against the code before it.
+
 Columns: tokens/s counts the input tokens (not P times them) per CPU second; "cost" is the time per
 token relative to ParScale at P = 1 (targets: Qwen2 within 3% of P = 1, cost at most P); "act MiB" is
 the memory autograd keeps for the backward pass (the part of training memory that grows with P; CPUs
@@ -13,8 +16,15 @@ have no allocator peak counter); "KV MiB" is the decoding cache at the end of ge
 """
 
 import argparse
+import importlib
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
 
 import torch
 from transformers import Qwen2ForCausalLM
@@ -43,8 +53,25 @@ DEFAULT_SHAPES = (
 )
 
 
-def build_models(shape: Shape, parscale_ns) -> dict[str, torch.nn.Module]:
-    """Qwen2 and ParScale at each P, all sharing the same backbone weights."""
+def load_baseline(revision: str):
+    """This package as of git revision `revision`, imported as `models_at_<revision>` (its modules only: its
+    __init__, which registers the Auto classes, is left out so that the current classes stay registered)."""
+    archive = subprocess.run(["git", "archive", revision, "models"], capture_output=True, cwd=Path(__file__).parents[1])
+    if archive.returncode != 0:
+        raise SystemExit(f"git archive {revision} failed: {archive.stderr.decode().strip()}; pass a revision of this repo.")
+    name = "models_at_" + "".join(c if c.isalnum() else "_" for c in revision)
+    root = Path(tempfile.mkdtemp(prefix="parscale-baseline-"))
+    with tarfile.open(fileobj=BytesIO(archive.stdout)) as files:
+        files.extractall(root, filter="data")
+    (root / "models").rename(root / name)
+    (root / name / "__init__.py").write_text("")
+    sys.path.insert(0, str(root))
+    return importlib.import_module(f"{name}.modeling_parscale"), importlib.import_module(f"{name}.presets")
+
+
+def build_models(shape: Shape, parscale_ns, baseline=None) -> dict[str, torch.nn.Module]:
+    """Qwen2 and ParScale at each P, all sharing the same backbone weights; with `baseline` (revision,
+    (modeling module, presets module)) also ParScale at each P as that revision builds it, same weights."""
     torch.manual_seed(0)
     base = Qwen2ParScaleForCausalLM(parscale_config(shape.size, 1, **shape.overrides))
     qwen2 = Qwen2ForCausalLM(base.config.to_qwen2_config())
@@ -52,6 +79,12 @@ def build_models(shape: Shape, parscale_ns) -> dict[str, torch.nn.Module]:
     models = {"Qwen2": qwen2}
     for parscale_n in parscale_ns:
         models[f"P={parscale_n}"] = base if parscale_n == 1 else Qwen2ParScaleForCausalLM.from_qwen2(base, parscale_n)
+    if baseline is not None:
+        revision, (modeling, presets) = baseline
+        for parscale_n in parscale_ns:
+            old = modeling.Qwen2ParScaleForCausalLM(presets.parscale_config(shape.size, parscale_n, **shape.overrides))
+            old.load_state_dict(models[f"P={parscale_n}"].state_dict())
+            models[f"P={parscale_n} @{revision}"] = old
     return models
 
 
@@ -100,8 +133,8 @@ def decode_seconds(model, prompt, new_tokens) -> tuple[float, int]:
     return seconds, cache_bytes
 
 
-def benchmark_shape(shape: Shape, parscale_ns, repeats: int) -> list[dict]:
-    models = build_models(shape, parscale_ns)
+def benchmark_shape(shape: Shape, parscale_ns, repeats: int, baseline=None) -> list[dict]:
+    models = build_models(shape, parscale_ns, baseline)
     input_ids = torch.randint(0, 256, (shape.train_batch, shape.train_length))
     prompt = torch.randint(0, 256, (1, shape.prompt_length))
     train_times = {name: [] for name in models}
@@ -135,14 +168,15 @@ def benchmark_shape(shape: Shape, parscale_ns, repeats: int) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
+    width = max(7, *(len(row["model"]) + 1 for row in rows))
     header = (
-        f"{'shape':<24}{'model':<7}{'train tok/s':>12}{'cost':>7}{'act MiB':>9}"
+        f"{'shape':<24}{'model':<{width}}{'train tok/s':>12}{'cost':>7}{'act MiB':>9}"
         f"{'decode tok/s':>14}{'cost':>7}{'KV MiB':>8}"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
         lines.append(
-            f"{row['shape']:<24}{row['model']:<7}{row['train_tokens_per_s']:>12.0f}{row['train_cost']:>7.2f}"
+            f"{row['shape']:<24}{row['model']:<{width}}{row['train_tokens_per_s']:>12.0f}{row['train_cost']:>7.2f}"
             f"{row['activation_mib']:>9.1f}{row['decode_tokens_per_s']:>14.1f}{row['decode_cost']:>7.2f}"
             f"{row['kv_cache_mib']:>8.2f}"
         )
@@ -154,15 +188,17 @@ def main(argv=None):
     parser.add_argument("--parscale-n", type=int, nargs="+", default=[1, 2, 4, 8], help="values of P (1 is required)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per row, after one warm-up round")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--baseline", metavar="REV", help="also time ParScale as git revision REV builds it")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if 1 not in args.parscale_n:
         parser.error("--parscale-n must include 1, the reference of the cost columns")
 
     print(f"CPU time, {args.threads} thread(s), torch {torch.__version__}; best of {args.repeats} rounds")
+    baseline = (args.baseline, load_baseline(args.baseline)) if args.baseline else None
     rows = []
     for shape in DEFAULT_SHAPES:
-        rows += benchmark_shape(shape, args.parscale_n, args.repeats)
+        rows += benchmark_shape(shape, args.parscale_n, args.repeats, baseline)
     print(format_table(rows))
 
 

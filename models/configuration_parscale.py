@@ -75,11 +75,6 @@ class Qwen2ParScaleConfig(Qwen2Config):
                 f"num_key_value_heads ({self.num_key_value_heads}) must divide num_attention_heads "
                 f"({self.num_attention_heads}) for grouped-query attention; choose a divisor."
             )
-        if self.parscale_n > 1 and self.use_sliding_window:
-            raise ValueError(
-                "use_sliding_window must be False when parscale_n > 1: the stream prefixes are implemented "
-                "for full attention only."
-            )
 
 
 __all__ = ["Qwen2ParScaleConfig"]

@@ -12,9 +12,13 @@ ParScale runs P parallel streams through one shared Qwen2 backbone:
 With P = 1 neither exists and the model is exactly Qwen2.
 
 Unlike the released inference code, the prefix is never run as queries: it is only prepended to the keys
-and values, and the attention mask gains columns for it that every query sees. The KV cache holds the
-real tokens only (P * B rows), so beam search, left padding and cache positions work as in Qwen2; the
-prefix is prepended again at each step.
+and values (models/attention.py, which also says which masks each attention implementation gets). The KV
+cache holds the real tokens only (P * B rows, stream-major), so beam search, left padding, static caches and
+cache positions work as in Qwen2; the prefix is prepended again at each step.
+
+Everything else the model returns has the caller's B rows: `last_hidden_state` is the aggregated state,
+per-layer hidden states are the streams mixed with the aggregator's own per-token weights (so the last is
+`last_hidden_state`), and attentions are the streams' mean over the real tokens (`per_row_attentions`).
 
 Parameter names follow the released checkpoints: Qwen2's, plus `model.layers.{i}.self_attn.prefix_{k,v}`
 of shape (P, num_key_value_heads, parscale_n_tokens, head_dim) and `model.aggregate_layer.{0,2}`.
@@ -29,11 +33,11 @@ from torch import nn
 from transformers import AutoConfig
 from transformers import initialization as init
 from transformers.cache_utils import DynamicCache
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
 from transformers.models.qwen2.modeling_qwen2 import (
-    Qwen2Attention,
     Qwen2DecoderLayer,
     Qwen2ForCausalLM,
     Qwen2MLP,
@@ -42,81 +46,18 @@ from transformers.models.qwen2.modeling_qwen2 import (
     Qwen2RMSNorm,
     Qwen2RotaryEmbedding,
 )
-from transformers.utils.generic import merge_with_config_defaults
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
+from .attention import Qwen2ParScaleAttention, repeat_for_streams, show_prefix
 from .configuration_parscale import Qwen2ParScaleConfig
 
 
 def is_parscale_parameter(name: str) -> bool:
     """Whether a parameter name belongs to ParScale (a prefix or the aggregator) rather than the backbone."""
     return name.endswith((".prefix_k", ".prefix_v")) or ".aggregate_layer." in name
-
-
-class _PrefixedCache:
-    """What a prefixed attention layer passes to Qwen2Attention as its cache: stores the real tokens'
-    keys/values in the real cache (if any) and hands them back with each stream's prefix in front.
-
-    Prepending after Qwen2Attention has applied the rotary embedding is what keeps the prefix free of
-    position information. Built per call inside the attention module, so it survives gradient
-    checkpointing, which drops the cache argument at the decoder-layer level."""
-
-    def __init__(self, prefix_k: torch.Tensor, prefix_v: torch.Tensor, cache):
-        self.prefix_k, self.prefix_v, self.cache = prefix_k, prefix_v, cache
-
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        if self.cache is not None:
-            key_states, value_states = self.cache.update(key_states, value_states, layer_idx, *args, **kwargs)
-        return _prepend_per_stream(self.prefix_k, key_states), _prepend_per_stream(self.prefix_v, value_states)
-
-
-def _prepend_per_stream(prefix: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-    """(P, heads, n, d) prefix and (P*B, heads, t, d) states -> (P*B, heads, n + t, d), stream-major rows."""
-    n_streams = prefix.shape[0]
-    per_row = prefix.to(states.dtype).unsqueeze(1).expand(-1, states.shape[0] // n_streams, -1, -1, -1)
-    return torch.cat([per_row.flatten(0, 1), states], dim=2)
-
-
-def _show_prefix(mask, n_prefix: int, attn_implementation: str):
-    """Extends the real tokens' attention mask with `n_prefix` columns in front that every query sees."""
-    if mask is None and "flash" in attn_implementation:
-        # Flash attention's causal mask is aligned to the bottom-right corner, so every query already sees
-        # the n_prefix keys in front of the real ones.
-        return None
-    if not isinstance(mask, torch.Tensor):
-        raise ValueError(
-            "ParScale with parscale_n > 1 supports the 'sdpa', 'eager' and flash attention implementations, "
-            f"not {attn_implementation!r}; load the model with attn_implementation='sdpa'."
-        )
-    if mask.ndim == 2:  # flash attention's padding mask (rows, kv)
-        return torch.cat([mask.new_ones(mask.shape[0], n_prefix), mask], dim=1)
-    # A causal mask without padding is one row expanded over the batch: extend that row only.
-    rows = mask[:1] if mask.stride(0) == 0 else mask
-    visible = True if mask.dtype == torch.bool else 0.0  # bool for sdpa, additive float for eager
-    prefix_columns = torch.full((*rows.shape[:-1], n_prefix), visible, dtype=mask.dtype, device=mask.device)
-    return torch.cat([prefix_columns, rows], dim=-1).expand(mask.shape[0], -1, -1, -1)
-
-
-class Qwen2ParScaleAttention(Qwen2Attention):
-    """Qwen2 attention whose keys and values start with a learned prefix per stream (when P > 1)."""
-
-    def __init__(self, config: Qwen2ParScaleConfig, layer_idx: int):
-        super().__init__(config, layer_idx)
-        self.set_prefix_shape(config.parscale_n, config.parscale_n_tokens)
-
-    def set_prefix_shape(self, n_streams: int, n_tokens: int):
-        """(Re)creates uninitialised prefixes for `n_streams` streams, or removes them when n_streams is 1."""
-        if n_streams == 1:
-            self.prefix_k = self.prefix_v = None
-            return
-        like = self.k_proj.weight
-        shape = (n_streams, self.config.num_key_value_heads, n_tokens, self.head_dim)
-        self.prefix_k = nn.Parameter(torch.empty(shape, device=like.device, dtype=like.dtype))
-        self.prefix_v = nn.Parameter(torch.empty(shape, device=like.device, dtype=like.dtype))
-
-    def forward(self, hidden_states, position_embeddings, attention_mask, cache=None, **kwargs):
-        if self.prefix_k is not None:
-            cache = _PrefixedCache(self.prefix_k, self.prefix_v, cache)
-        return super().forward(hidden_states, position_embeddings, attention_mask, cache=cache, **kwargs)
 
 
 class Qwen2ParScaleDecoderLayer(Qwen2DecoderLayer):
@@ -179,6 +120,8 @@ class Qwen2ParScaleModel(Qwen2ParScalePreTrainedModel, Qwen2Model):
         self.post_init()
 
     @merge_with_config_defaults
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids=None,
@@ -187,29 +130,19 @@ class Qwen2ParScaleModel(Qwen2ParScalePreTrainedModel, Qwen2Model):
         cache=None,
         inputs_embeds=None,
         use_cache=None,
-        **kwargs,
-    ):
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPast:
+        inputs = {"attention_mask": attention_mask, "position_ids": position_ids, "use_cache": use_cache}
         n_streams = self.config.parscale_n
         if n_streams == 1:
             return super().forward(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                cache=cache,
-                inputs_embeds=inputs_embeds,
-                use_cache=use_cache,
-                **kwargs,
+                input_ids, cache=cache, inputs_embeds=inputs_embeds, **inputs, **kwargs, return_dict=True
             )
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        if isinstance(attention_mask, dict):
-            raise ValueError(
-                "With parscale_n > 1 the attention mask must be a 2D padding mask (or 4D), not a prepared "
-                "mask mapping as generate() builds for static caches; generate with the default dynamic "
-                "cache (no cache_implementation)."
-            )
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
+        batch_size = inputs_embeds.shape[0]
 
         # Input transformation: every stream reads the same embeddings; row = stream * B + b.
         inputs_embeds = inputs_embeds.repeat(n_streams, 1, 1)
@@ -220,46 +153,70 @@ class Qwen2ParScaleModel(Qwen2ParScalePreTrainedModel, Qwen2Model):
             past_seen_tokens = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)
-        else:
-            position_ids = position_ids.repeat(n_streams, 1)
-        if attention_mask is not None and attention_mask.ndim == 2 and attention_mask.all():
-            attention_mask = None  # no padding: keeps the mask one row expanded over the batch (see _show_prefix)
-        if attention_mask is not None:
-            attention_mask = attention_mask.repeat(n_streams, *[1] * (attention_mask.ndim - 1))
+        position_ids = repeat_for_streams(position_ids, n_streams, batch_size)
+        masks = self._real_token_masks(inputs_embeds, attention_mask, cache, position_ids, batch_size)
 
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            cache=cache,
-            position_ids=position_ids,
-            allow_is_causal_skip=False,  # sdpa's is_causal cannot express the always-visible prefix
-        )
         outputs = super().forward(
             inputs_embeds=inputs_embeds,
-            attention_mask={
-                "full_attention": _show_prefix(
-                    causal_mask, self.config.parscale_n_tokens, self.config._attn_implementation
-                )
-            },
+            attention_mask={kind: show_prefix(mask, self.config.parscale_n_tokens) for kind, mask in masks.items()},
             position_ids=position_ids,
             cache=cache,
             use_cache=use_cache,
             **kwargs,
+            return_dict=True,
         )
-        outputs.last_hidden_state = self.aggregate_streams(outputs.last_hidden_state)
+        # Output aggregation, and the other outputs reported per input row (see `per_row_attentions`).
+        weights = self.stream_weights(outputs.last_hidden_state)
+        outputs.last_hidden_state = self.mix_streams(outputs.last_hidden_state, weights)
+        if outputs.hidden_states is not None:  # entries are None where output_hidden_states selects layers
+            outputs.hidden_states = tuple(
+                None if states is None else self.mix_streams(states, weights) for states in outputs.hidden_states
+            )
+        if outputs.attentions is not None:
+            outputs.attentions = tuple(self.per_row_attentions(attention) for attention in outputs.attentions)
         return outputs
 
-    def aggregate_streams(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Output aggregation: (P*B, T, h) final hidden states -> (B, T, h) per-token weighted sum."""
+    def _real_token_masks(self, inputs_embeds, attention_mask, cache, position_ids, batch_size) -> dict:
+        """The attention masks over the real tokens for the P*B rows, per layer type, as transformers builds
+        them for Qwen2 (None where no mask tensor is needed; see models/attention.py)."""
+        n_streams = self.config.parscale_n
+        if isinstance(attention_mask, dict):  # prepared by generate() for a static cache, for the B input rows
+            return {kind: repeat_for_streams(mask, n_streams, batch_size) for kind, mask in attention_mask.items()}
+        mask_inputs = {
+            "config": self.config,
+            "inputs_embeds": inputs_embeds,
+            "attention_mask": repeat_for_streams(attention_mask, n_streams, batch_size),
+            "cache": cache,
+            "position_ids": position_ids,
+        }
+        masks = {"full_attention": create_causal_mask(**mask_inputs)}
+        if self.has_sliding_layers:
+            masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_inputs)
+        return masks
+
+    def stream_weights(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The aggregator's per-token weights of the streams, (B, T, P) in float32, from the (P*B, T, h)
+        final hidden states: a softmax smoothed towards uniform, w -> w (1 - eps) + eps / P."""
         n_streams, smoothing = self.config.parscale_n, self.config.parscale_attn_smooth
-        streams = hidden_states.unflatten(0, (n_streams, -1)).permute(1, 2, 0, 3)  # (B, T, P, h)
+        streams = hidden_states.unflatten(0, (n_streams, -1)).permute(1, 2, 3, 0)  # (B, T, h, P)
         # The aggregator reads the P states concatenated hidden-major, stream-minor (feature h * P + i), as
         # in the released checkpoints; its softmax is taken in float32.
-        logits = self.aggregate_layer(streams.transpose(2, 3).flatten(2))
+        logits = self.aggregate_layer(streams.flatten(2))
         weights = torch.softmax(logits.float(), dim=-1)
-        weights = weights * (1 - smoothing) + smoothing / n_streams
+        return weights * (1 - smoothing) + smoothing / n_streams
+
+    def mix_streams(self, hidden_states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """(P*B, T, h) states of the streams -> (B, T, h), each token's streams summed with `weights`."""
+        streams = hidden_states.unflatten(0, (self.config.parscale_n, -1)).permute(1, 2, 0, 3)  # (B, T, P, h)
         return (streams * weights.unsqueeze(-1)).sum(dim=2).to(hidden_states.dtype)
+
+    def per_row_attentions(self, attention: torch.Tensor | None) -> torch.Tensor | None:
+        """(P*B, heads, T, n + S) attention probabilities of the streams -> (B, heads, T, S): the streams'
+        mean over the real tokens (the prefix columns dropped, so a row sums to its real tokens' share)."""
+        if attention is None:  # implementations that do not return probabilities (sdpa, flash)
+            return None
+        real = attention[..., self.config.parscale_n_tokens :]
+        return real.unflatten(0, (self.config.parscale_n, -1)).mean(dim=0)
 
 
 class Qwen2ParScaleForCausalLM(Qwen2ParScalePreTrainedModel, Qwen2ForCausalLM):
@@ -287,18 +244,23 @@ class Qwen2ParScaleForCausalLM(Qwen2ParScalePreTrainedModel, Qwen2ForCausalLM):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """PreTrainedModel.from_pretrained, refusing checkpoints that lack the prefixes or the aggregator
-        their config asks for (rather than silently initialising them at random)."""
+        """PreTrainedModel.from_pretrained, refusing a checkpoint that holds the backbone but lacks the prefixes
+        or the aggregator its config asks for (a Qwen2 checkpoint, or released files partly downloaded), rather
+        than silently putting random ParScale weights on a trained backbone. Where the backbone is missing
+        too, nothing trained is loaded, and transformers' usual path applies: every missing weight is
+        initialised and listed in the loading report."""
         wants_loading_info = kwargs.pop("output_loading_info", False)
         model, loading_info = super().from_pretrained(
             pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
         )
-        missing = sorted(name for name in loading_info["missing_keys"] if is_parscale_parameter(name))
-        if missing:
+        missing = set(loading_info["missing_keys"])
+        missing_parscale = sorted(name for name in missing if is_parscale_parameter(name))
+        loaded_backbone = any(name not in missing for name, _ in model.named_parameters() if not is_parscale_parameter(name))
+        if missing_parscale and loaded_backbone:
             raise ValueError(
                 f"The checkpoint {pretrained_model_name_or_path} has parscale_n={model.config.parscale_n} in its "
-                f"config but lacks {len(missing)} ParScale weights ({', '.join(missing[:3])}, ...). To add "
-                "streams to a Qwen2 checkpoint, use Qwen2ParScaleForCausalLM.from_qwen2(path, parscale_n=P), "
+                f"config but lacks {len(missing_parscale)} ParScale weights ({', '.join(missing_parscale[:3])}, ...). "
+                "To add streams to a Qwen2 checkpoint, use Qwen2ParScaleForCausalLM.from_qwen2(path, parscale_n=P), "
                 "which initialises them; for a released ParScale checkpoint, re-download its safetensors files."
             )
         return (model, loading_info) if wants_loading_info else model

@@ -69,7 +69,6 @@ def test_config_round_trips_through_json(tmp_path):
         ({"parscale_prefix_init_std": -1.0}, "parscale_prefix_init_std"),
         ({"num_attention_heads": 7}, "num_attention_heads"),
         ({"num_key_value_heads": 3}, "num_key_value_heads"),
-        ({"parscale_n": 2, "use_sliding_window": True}, "use_sliding_window"),
     ],
 )
 def test_bad_config_names_the_field(overrides, field):

@@ -1,9 +1,11 @@
 """generate() with the KV cache: it must agree token for token with decoding without a cache (which
 recomputes every stream and its prefix from scratch), also for left-padded batches, sampling and beam
-search, where the cache's P * B rows are reordered."""
+search, where the cache's P * B rows are reordered; and a static cache, with and without the decode step
+compiled, must decode the dynamic cache's tokens."""
 
 import pytest
 import torch
+from transformers import CompileConfig, StaticCache
 
 from models import Qwen2ParScaleForCausalLM, parscale_config
 
@@ -66,8 +68,38 @@ def test_beam_search_with_reordered_cache_equals_uncached(model_tiny):
     assert torch.equal(cached, generate(model_tiny, input_ids, **settings, use_cache=False))
 
 
-def test_static_cache_is_refused_with_the_alternative():
-    torch.manual_seed(1)
-    model = Qwen2ParScaleForCausalLM(parscale_config("tiny-96", 2, parscale_n_tokens=5)).eval()
-    with pytest.raises(ValueError, match="dynamic cache"):
-        generate(model, torch.randint(0, 256, (1, 4)), cache_implementation="static")
+def compile_config():
+    """The decode step compiled as one graph, also on a CPU; aot_eager traces as inductor does, without its
+    slow C++ code generation (models.decode_benchmark times inductor itself)."""
+    config = CompileConfig(fullgraph=True, dynamic=False, backend="aot_eager")
+    config._compile_all_devices = True
+    return config
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["static", "static_compiled"])
+def test_static_cache_decodes_the_dynamic_caches_tokens(model_tiny, compiled):
+    if compiled and model_tiny.config.parscale_n == 1:
+        pytest.skip("P = 1 is Qwen2, whose compiled decoding transformers tests itself")
+    torch._dynamo.reset()
+    input_ids, attention_mask = left_padded_batch(model_tiny, [[5, 17, 200], [9, 33, 41, 120, 7, 64, 2]])
+    static = {"cache_implementation": "static", **({"compile_config": compile_config()} if compiled else {})}
+    for do_sample in (False, True):
+        tokens = []
+        for settings in ({}, static):
+            torch.manual_seed(11)
+            tokens.append(generate(model_tiny, input_ids, attention_mask=attention_mask, do_sample=do_sample, **settings))
+        assert torch.equal(tokens[0], tokens[1]), f"do_sample={do_sample}"
+    assert hasattr(model_tiny, "_compiled_call") == compiled
+
+
+def test_static_cache_holds_the_real_tokens_of_every_stream(model_tiny):
+    input_ids = torch.randint(0, 256, (2, 7))
+    with torch.no_grad():
+        output = model_tiny.generate(
+            input_ids, max_new_tokens=5, cache_implementation="static", return_dict_in_generate=True,
+            pad_token_id=model_tiny.config.pad_token_id, eos_token_id=None,
+        )  # fmt: skip
+    config, cache = model_tiny.config, output.cache
+    assert isinstance(cache, StaticCache)
+    assert cache.layers[0].keys.shape[:2] == (config.parscale_n * 2, config.num_key_value_heads)
+    assert cache.get_seq_length() == 7 + 5 - 1  # the prompt and the tokens fed back, no prefix positions

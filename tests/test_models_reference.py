@@ -21,10 +21,11 @@ def tiny_config(parscale_n, **overrides):
     return parscale_config("tiny-96", parscale_n, parscale_n_tokens=5, initializer_range=0.1, **overrides)
 
 
-def reference_logits(state, config, input_ids):
+def reference_logits(state, config, input_ids, sliding_window=None):
     """The released ParScale forward pass, written out naively in float64 from a state dict with the
     released parameter names: one explicit loop over layers, the prefix concatenated in front of each
-    stream's keys and values, a causal mask that shows the whole prefix, then the aggregation (P > 1)."""
+    stream's keys and values, a causal mask that shows the whole prefix, then the aggregation (P > 1).
+    With `sliding_window` w every layer's token i sees real tokens i - w + 1 .. i only, and the whole prefix."""
     state = {name: tensor.double() for name, tensor in state.items()}
     n_streams = config.parscale_n
     has_prefix = "model.layers.0.self_attn.prefix_k" in state  # also with one stream, for comparisons
@@ -44,7 +45,10 @@ def reference_logits(state, config, input_ids):
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     angles = torch.arange(length, dtype=torch.float64)[:, None] * inv_freq[None, :]
     cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
-    sees = torch.cat([torch.ones(length, n_prefix), torch.ones(length, length).tril()], dim=1).bool()
+    real = torch.ones(length, length).tril()
+    if sliding_window is not None:
+        real = real.triu(-(sliding_window - 1))
+    sees = torch.cat([torch.ones(length, n_prefix), real], dim=1).bool()
 
     embeddings = state["model.embed_tokens.weight"]
     x = torch.cat([embeddings[input_ids]] * n_streams, dim=0)  # row = stream * batch + b
@@ -194,6 +198,17 @@ def test_checkpoint_without_prefixes_is_refused_with_the_fix(tmp_path):
     released_checkpoint(tmp_path, drop=("prefix_k", "prefix_v"))
     with pytest.raises(ValueError, match=r"prefix_k.*from_qwen2"):
         AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def test_checkpoint_without_any_of_the_models_weights_is_initialised_as_transformers_does(tmp_path):
+    # Nothing trained is loaded, so no random ParScale weights end up on a trained backbone: transformers'
+    # usual path (initialise every missing weight, list it) applies, as its common tests expect.
+    torch.manual_seed(6)
+    Qwen2ParScaleForCausalLM(tiny_config(2)).save_pretrained(tmp_path)
+    save_file({"unrelated": torch.zeros(2)}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    model, info = Qwen2ParScaleForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert {"model.layers.0.self_attn.prefix_k", "model.aggregate_layer.0.weight"} <= set(info["missing_keys"])
+    assert model.model.layers[0].self_attn.prefix_k.std().item() == pytest.approx(0.02, rel=0.2)
 
 
 def test_save_pretrained_round_trip(tmp_path):

@@ -84,12 +84,13 @@ def test_new_parameters_follow_the_configured_init():
     assert_initialised(model, prefix_std=0.05, linear_std=0.03)
 
 
-def test_built_on_meta_device_then_materialised_is_initialised():
+@pytest.mark.parametrize("initialise", ["init_weights", "initialize_weights"])
+def test_built_on_meta_device_then_materialised_is_initialised(initialise):
     torch.manual_seed(5)
     with torch.device("meta"):
         model = Qwen2ParScaleForCausalLM(tiny_config(4, parscale_prefix_init_std=0.05))
     model.to_empty(device="cpu")
-    model.init_weights()
+    getattr(model, initialise)()
     assert_initialised(model, prefix_std=0.05, linear_std=0.02)
     input_ids = torch.randint(0, 256, (1, 8))
     assert torch.isfinite(model(input_ids).logits).all()
