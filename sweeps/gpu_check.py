@@ -103,17 +103,23 @@ def _synchronize(env) -> None:
 
 
 def decode_rows(env, tiny: bool) -> list[dict]:
-    """Batch-1 decoding of 1.6B (tiny-128 with --tiny) at P = 1, 2, 4, 8 against the inference-cost model."""
+    """Batch-1 decoding of 1.6B (tiny-128 with --tiny) at P = 1, 2, 4, 8, dynamic cache eager and static cache
+    compiled, against the inference-cost model."""
+    from dataclasses import asdict
+
     from models import Qwen2ParScaleForCausalLM, parscale_config
-    from models.benchmark import measure_decoding
+    from models.decode_benchmark import MODES, measure_decoding
 
     size = "tiny-128" if tiny else "1.6B"
     rows = []
     for parscale_n in PAPER_P_VALUES:
         torch.manual_seed(0)
-        model = Qwen2ParScaleForCausalLM(parscale_config(size, parscale_n=parscale_n)).to(env.device, torch.bfloat16).eval()
-        measured = measure_decoding(model, prompt_tokens=64, new_tokens=64, device=env.device)
-        row = {"size": size, "P": parscale_n, **measured}
+        model = Qwen2ParScaleForCausalLM(parscale_config(size, parscale_n=parscale_n)).to(env.device, torch.bfloat16)
+        row = {"size": size, "P": parscale_n}
+        for mode in MODES:
+            row[mode] = asdict(measure_decoding(model, mode, prompt_length=64, new_tokens=64,
+                                                repeats=1 if tiny else 3))
+        row["speedup"] = row["dynamic-eager"]["latency_s"] / row["static-compiled"]["latency_s"]
         if not tiny:
             from analysis.cost import inference_cost
 
@@ -145,12 +151,16 @@ def markdown(result: dict) -> str:
             f"{row['mfu']:.1%} |")
     if result["skipped"]:
         lines += ["", f"Not run within the time budget: {', '.join(result['skipped'])}."]
-    lines += ["", "| decoding | P | mode | latency s | tokens/s | peak GB |", "|---|---|---|---|---|---|"]
+    lines += ["", "| decoding | P | mode | latency s | tokens/s | peak GB | modelled s | modelled GB |",
+              "|---|---|---|---|---|---|---|---|"]
     for row in result["decoding"]:
-        for mode, numbers in row.items():
-            if isinstance(numbers, dict) and "latency_s" in numbers:
-                lines.append(f"| {row['size']} | {row['P']} | {mode} | {numbers['latency_s']:.3f} | "
-                             f"{numbers['tokens_per_s']:,.1f} | {numbers.get('peak_memory_gb', float('nan')):.2f} |")
+        for mode in ("dynamic-eager", "static-compiled"):
+            numbers = row[mode]
+            peak = numbers["peak_memory_bytes"]
+            lines.append(
+                f"| {row['size']} | {row['P']} | {mode} | {numbers['latency_s']:.3f} | {numbers['tokens_per_s']:,.1f} | "
+                f"{'-' if peak is None else f'{peak / 1e9:.2f}'} | {row.get('modelled_latency_s', float('nan')):.3f} | "
+                f"{row.get('modelled_memory_gb', float('nan')):.2f} |")
     return "\n".join(lines) + "\n"
 
 
