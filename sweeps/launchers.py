@@ -256,10 +256,10 @@ class SlurmGridLauncher(SlurmLauncher):
             groups.setdefault(key, SubmissionGroup(settings, [])).cells.append((p, [*p.cell.overrides, *cell_plan.overrides()]))
         return list(groups.values())
 
-    def _timeout_min(self, dry_run: bool) -> float:
-        """The attempt's time limit: hydra.launcher.timeout_min, else the partition's limit from sinfo."""
+    def _timeout_min(self, dry_run: bool) -> int:
+        """The attempt's time limit (minutes): hydra.launcher.timeout_min, else the partition's limit from sinfo."""
         if self.params.get("timeout_min"):
-            return float(self.params["timeout_min"])
+            return int(self.params["timeout_min"])
         if dry_run or shutil.which("sinfo") is None:
             return DEFAULT_TIMEOUT_MIN
         partition = self.params.get("partition")
@@ -267,7 +267,7 @@ class SlurmGridLauncher(SlurmLauncher):
         limits = subprocess.run(command, capture_output=True, text=True).stdout.split()
         minutes = [slurm_minutes(limit) for limit in limits]
         minutes = [value for value in minutes if value is not None]
-        return min(minutes) if minutes else DEFAULT_TIMEOUT_MIN
+        return int(min(minutes)) if minutes else DEFAULT_TIMEOUT_MIN
 
     def _check_settings(self, timeout_min: float) -> None:
         timeout_s = timeout_min * 60
