@@ -117,3 +117,11 @@ def test_a_crashing_cell_requeues_itself_then_is_marked_failed(tmp_path):
                             env=venv_env())
     line = next(line for line in status.stdout.splitlines() if line.startswith("tiny-32-P1-s0"))
     assert "failed" in line and "attempts 2 (2 failed)" in line
+
+
+def test_the_paper_grid_refuses_unprepared_hub_data_before_submitting(tmp_path):
+    done = launch(tmp_path, "+grid=pile", "scale.sizes=0.5B", "scale.P=1")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cell 0.5B-P1-s0" in lines[0] and "python -m sweeps.prepare data=pile" in lines[0]
+    assert not (tmp_path / "multirun" / "pile-paper" / "jobs.json").exists()
