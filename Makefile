@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) -m parscale_law.benchmark
 	$(PY) -m models.benchmark
 	$(PY) -m sweeps.train_benchmark
+	$(PY) -m sweeps.data_benchmark
 
 clean:
 	rm -rf $(VENV) build *.egg-info
