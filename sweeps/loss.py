@@ -13,7 +13,6 @@ whatever the micro-batch, and never recomputes the logits. The value equals tran
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 DEFAULT_CHUNK_TOKENS = 4096

@@ -2,7 +2,6 @@
 batch: started by torchrun with DDP and with FSDP2 (fully_shard, which runs on CPU too), and started the way
 srun starts one task per GPU (SLURM_* variables only), under submitit or directly (the resume test)."""
 
-import json
 import signal
 import socket
 import subprocess

@@ -7,7 +7,7 @@ import torch
 
 import train_helpers  # noqa: F401  (one torch thread)
 from models import Qwen2ParScaleForCausalLM, parscale_config
-from sweeps import distributed, parallelize
+from sweeps import distributed
 from sweeps.build import build_trained, model_config
 from sweeps.loss import CausalLMLoss
 from sweeps.train import train
