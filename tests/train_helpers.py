@@ -67,6 +67,9 @@ def corpus_overrides(paths: list[str]) -> list[str]:
 def child_env(**extra) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **extra}
     env.pop("RANK", None)
+    # wandb exports its service's address once a run starts in this process; a child that inherited it would
+    # share the service, and a run the child leaves open (it is killed) would still hold the run ID here.
+    env.pop("WANDB_SERVICE", None)
     return env
 
 
