@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench transformers-tests clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,11 @@ bench: $(STAMP)
 	$(PY) -m models.benchmark
 	$(PY) -m sweeps.train_benchmark
 	$(PY) -m sweeps.data_benchmark
+
+# transformers' own common model tests on Qwen2 and the ParScale model at P = 1 and 2 (about 10 minutes on
+# one core; downloads the installed transformers' source distribution once): the counts are in the README.
+transformers-tests: $(STAMP)
+	$(PY) tests/transformers_common/run.py --report transformers-common-tests.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info
