@@ -30,7 +30,7 @@ bench: $(STAMP)
 	$(PY) -m sweeps.train_benchmark
 	$(PY) -m sweeps.data_benchmark
 
-# transformers' own common model tests on Qwen2 and the ParScale model at P = 1 and 2 (about 10 minutes on
+# transformers' own common model tests on Qwen2 and the ParScale model at P = 1 and 2 (a few minutes on
 # one core; downloads the installed transformers' source distribution once): writes transformers-common-tests.md.
 transformers-tests: $(STAMP)
 	$(PY) tests/transformers_common/run.py --report transformers-common-tests.md

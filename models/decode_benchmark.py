@@ -13,7 +13,9 @@ max allocated bytes over the timed calls; CPUs have no allocator peak counter, s
 """
 
 import argparse
+import json
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass
 
 import torch
@@ -142,13 +144,16 @@ def main(argv=None):
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="timed generate() calls per mode, alternating; best kept")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(
-        f"batch 1, {args.prompt_length} prompt + {args.new_tokens} new tokens, greedy; CPU, {args.threads} thread(s), "
-        f"torch {torch.__version__}; CPU time, best of {args.rounds} alternating calls per mode"
-    )
-    print(format_table(benchmark(args.parscale_n, args.prompt_length, args.new_tokens, args.rounds)))
+    setting = (f"batch 1, {args.prompt_length} prompt + {args.new_tokens} new tokens, greedy; CPU, {args.threads} "
+               f"thread(s), torch {torch.__version__}; CPU time, best of {args.rounds} alternating calls per mode")
+    print(setting)
+    rows = benchmark(args.parscale_n, args.prompt_length, args.new_tokens, args.rounds)
+    print(format_table(rows))
+    if args.json:
+        args.json.write_text(json.dumps({"setting": setting, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

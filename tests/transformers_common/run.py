@@ -1,5 +1,5 @@
 """transformers' own common model tests against stock Qwen2 and the ParScale model at P = 1 and P = 2, with
-passed / failed / skipped side by side: `make transformers-tests` (about 10 minutes on one core).
+passed / failed / skipped side by side: `make transformers-tests` (a few minutes on one core).
 
 1. Downloads the installed transformers version's source distribution with pip (once; kept in
    ~/.cache/parscale-toolkit, or $PARSCALE_CACHE_DIR) or takes it from `--sdist`.
@@ -162,6 +162,8 @@ def main(argv=None):
         if not junit.exists():
             sys.exit(f"pytest did not run (exit status {status}); rerun with --keep DIR and look at DIR.")
         outcomes = read_outcomes(junit)
+        if not outcomes:
+            sys.exit(f"pytest collected no test (exit status {status}); rerun with --keep DIR to see why.")
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
