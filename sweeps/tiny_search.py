@@ -23,8 +23,13 @@ import pandas as pd
 import torch
 import yaml
 
+from models import Qwen2ParScaleForCausalLM
+from models.stream_ablation import stream_ablation
+
 from . import train as train_module
 from .config import CONF_DIR, load_config
+from .data import eval_batch
+from .documents import load_tokenizer
 from .tracking import git_revision
 from .train import train
 
@@ -53,16 +58,27 @@ TRIALS: dict[str, list[str]] = {
     # Half the steps: where P = 4 looked far ahead at tiny-128 (see its control below).
     "half": ["tokens=229376", "eval_interval=224"],
 }
-# Controls: a trial's settings with the streams disconnected (the prefixes zeroed and frozen, so every stream
-# computes the same thing). What P gains in a trial must vanish in its control.
-CONTROLS = {"half-prefixes-off": "half"}
+PREFIXES = (".prefix_k", ".prefix_v")
+AGGREGATOR_OUTPUT = (".aggregate_layer.2.weight", ".aggregate_layer.2.bias")
+PART_NAMES = {PREFIXES: "prefixes", AGGREGATOR_OUTPUT: "aggregator output"}
+# Controls: a trial's settings with part of ParScale disconnected, zeroed and frozen: the prefixes (every
+# stream computes the same thing, but the prefix slots stay, as keys and values of 0) or the aggregator's
+# output layer (every stream weighs 1 / P). What the streams give in a trial must vanish in its control.
+CONTROLS = {
+    "half-prefixes-off": ("half", PREFIXES),
+    "base-prefixes-off": ("base", PREFIXES),
+    "base-aggregator-off": ("base", AGGREGATOR_OUTPUT),
+}
 
 
-def _prefixes_off(build_trained):
+def zeroed_and_frozen(build_trained, suffixes: tuple[str, ...] = PREFIXES):
+    """`sweeps.train.build_trained`, with the parameters whose names end in one of `suffixes` set to 0 and
+    frozen: the prefixes (every stream computes the same thing) or the aggregator's output layer (every stream
+    weighs 1 / P), the disconnections a control or a guard test needs."""
     def build(*args, **kwargs):
         trained, lm = build_trained(*args, **kwargs)
         for name, param in lm.named_parameters():
-            if name.endswith((".prefix_k", ".prefix_v")):
+            if name.endswith(suffixes):
                 param.data.zero_()
                 param.requires_grad_(False)
         return trained, lm
@@ -79,27 +95,33 @@ def scale_overrides() -> list[str]:
 
 
 def run_cell(trial: str, size: str, parscale_n: int, seed: int, workdir: Path) -> dict:
-    settings = TRIALS[CONTROLS.get(trial, trial)]
+    settings = TRIALS[CONTROLS[trial][0] if trial in CONTROLS else trial]
     overrides = [f"data={CORPUS}", f"model={size}", f"parscale_n={parscale_n}", f"seed={seed}",
                  *scale_overrides(), *settings, f"run_dir={workdir / f'{size}-P{parscale_n}-s{seed}'}"]
     config = load_config(overrides)
     build_trained = train_module.build_trained
     if trial in CONTROLS:
-        train_module.build_trained = _prefixes_off(build_trained)
+        train_module.build_trained = zeroed_and_frozen(build_trained, CONTROLS[trial][1])
     start = time.perf_counter()
     try:
         result = train(config)
     finally:
         train_module.build_trained = build_trained
     wall_s = time.perf_counter() - start
+    gains = {"stream_gain": None, "aggregator_gain": None}
+    if parscale_n > 1:
+        model = Qwen2ParScaleForCausalLM.from_pretrained(Path(config.run_dir) / "model")
+        ablation = stream_ablation(model, eval_batch(config.data, load_tokenizer(config.data), config.seq_len,
+                                                     config.eval_sequences))
+        gains = {"stream_gain": round(ablation.stream_gain, 5), "aggregator_gain": round(ablation.aggregator_gain, 5)}
     return {
-        "trial": trial, "overrides": " ".join(settings) + (" (prefixes zeroed and frozen)" if trial in CONTROLS else ""),
+        "trial": trial, "overrides": " ".join(settings) + (f" ({PART_NAMES[CONTROLS[trial][1]]} zeroed and frozen)" if trial in CONTROLS else ""),
         "size": size, "P": parscale_n, "seed": seed,
         "steps": config.total_steps, "tokens": config.total_steps * config.tokens_per_step,
         "params": result["params"], "tokens_per_param": round(config.total_steps * config.tokens_per_step
                                                               / result["params"], 2),
         "loss": round(result["loss"], 5), "eval_loss": round(result["eval_loss"], 5), "wall_s": round(wall_s, 1),
-        "git_revision": git_revision(), "date": time.strftime("%Y-%m-%d"),
+        **gains, "git_revision": git_revision(), "date": time.strftime("%Y-%m-%d"),
     }
 
 
