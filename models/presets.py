@@ -15,7 +15,8 @@ from .modeling_parscale import Qwen2ParScaleForCausalLM, is_parscale_parameter
 
 
 def parscale_config(size: str, parscale_n: int = 1, **overrides) -> Qwen2ParScaleConfig:
-    """The config of a named size ("0.5B" ... "4.4B" from the paper, "tiny-32" ... "tiny-128") with
+    """The config of a named size ("0.5B" ... "4.4B" from the paper, "tiny-32" ... "tiny-128",
+    "small-128" ... "small-208") with
     `parscale_n` streams; `overrides` set any other config field."""
     if size in sizes.PAPER_SIZES:
         shape = sizes.PAPER_SIZES[size]
@@ -28,8 +29,8 @@ def parscale_config(size: str, parscale_n: int = 1, **overrides) -> Qwen2ParScal
             "rope_parameters": {"rope_type": "default", "rope_theta": sizes.ROPE_THETA},
             "parscale_n_tokens": sizes.PREFIX_TOKENS,
         }
-    elif size in sizes.TINY_SIZES:
-        shape = sizes.TINY_SIZES[size]
+    elif size in sizes.TINY_SIZES or size in sizes.SMALL_SIZES:
+        shape = {**sizes.TINY_SIZES, **sizes.SMALL_SIZES}[size]
         fields_of_size = {
             "vocab_size": sizes.BYTE_VOCAB_SIZE,
             "pad_token_id": sizes.BYTE_PAD_ID,
@@ -43,7 +44,7 @@ def parscale_config(size: str, parscale_n: int = 1, **overrides) -> Qwen2ParScal
             "parscale_n_tokens": sizes.TINY_PREFIX_TOKENS,
         }
     else:
-        known = ", ".join([*sizes.PAPER_SIZES, *sizes.TINY_SIZES])
+        known = ", ".join([*sizes.PAPER_SIZES, *sizes.TINY_SIZES, *sizes.SMALL_SIZES])
         raise ValueError(f"Unknown model size {size!r}; choose one of: {known}.")
     fields_of_size.update(
         hidden_size=shape.hidden_size,

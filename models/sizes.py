@@ -70,3 +70,18 @@ TINY_SIZES: dict[str, BackboneShape] = {
         BackboneShape("tiny-128", 128, 688),
     )
 }
+
+# The small family (`scale=small`, not in the paper): the tiny family's shapes from tiny-128's width up to
+# 1.6x it. The tiny grid's search found P helping at every P only at width 128 (sweeps/tiny_search_trials.csv);
+# these widths keep the same depth, heads and byte vocabulary so that only N changes.
+SMALL_SIZES: dict[str, BackboneShape] = {
+    shape.name: shape
+    for shape in (
+        BackboneShape("small-128", 128, 688),
+        BackboneShape("small-144", 144, 776),
+        BackboneShape("small-160", 160, 864),
+        BackboneShape("small-176", 176, 952),
+        BackboneShape("small-192", 192, 1040),
+        BackboneShape("small-208", 208, 1120),
+    )
+}

@@ -89,6 +89,26 @@ def _print_summary(result, boot, table: pd.DataFrame) -> None:
         # What a difference between two cells has to beat: the largest spread of one cell over its seeds.
         spread = table.groupby(["size", "P"])["loss"].agg(lambda loss: loss.max() - loss.min())
         print(f"  (means over {table['seed'].nunique()} seeds; one cell's seeds differ by up to {spread.max():.4f})")
+        print("  P's effect per seed (loss at P minus P = 1 of the same seed): mean [min, max]")
+        for size, rows in paired_effects(table).groupby("size", sort=False):
+            effects = "  ".join(f"P={int(row.P)}: {row.mean:+.4f} [{row.min:+.4f}, {row.max:+.4f}]"
+                                for row in rows.itertuples())
+            print(f"    {size:<10} {effects}")
+
+
+def paired_effects(table: pd.DataFrame) -> pd.DataFrame:
+    """Per size and P: the loss minus the smallest P's loss of the same seed, as its mean, min and max over
+    the seeds that ran both (one row per size and P above the smallest)."""
+    cells = table.groupby(["size", "P", "seed"], sort=False)["loss"].mean().reset_index()
+    rows = []
+    for size, of_size in cells.groupby("size", sort=False):
+        by_seed = of_size.pivot(index="seed", columns="P", values="loss").sort_index(axis=1)
+        base = by_seed.columns[0]
+        for P in by_seed.columns[1:]:
+            differences = (by_seed[P] - by_seed[base]).dropna()
+            rows.append({"size": size, "P": int(P), "seeds": len(differences), "mean": differences.mean(),
+                         "min": differences.min(), "max": differences.max()})
+    return pd.DataFrame(rows, columns=["size", "P", "seeds", "mean", "min", "max"])
 
 
 class SweepReport(Callback):

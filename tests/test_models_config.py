@@ -37,7 +37,7 @@ def test_an_untied_head_counts_as_embedding():
     assert untied.embedding == 2 * tied.embedding and untied.non_embedding == tied.non_embedding
 
 
-@pytest.mark.parametrize("size", [*sizes.PAPER_SIZES, *sizes.TINY_SIZES])
+@pytest.mark.parametrize("size", [*sizes.PAPER_SIZES, *sizes.TINY_SIZES, *sizes.SMALL_SIZES])
 def test_yaml_file_is_the_size_config(size):
     mapping = yaml.safe_load((MODEL_CONFIGS / f"{size}.yaml").read_text())
     assert mapping["name"] == size
@@ -45,7 +45,7 @@ def test_yaml_file_is_the_size_config(size):
 
 
 def test_every_yaml_file_is_a_known_size():
-    assert {path.stem for path in MODEL_CONFIGS.glob("*.yaml")} == {*sizes.PAPER_SIZES, *sizes.TINY_SIZES}
+    assert {path.stem for path in MODEL_CONFIGS.glob("*.yaml")} == {*sizes.PAPER_SIZES, *sizes.TINY_SIZES, *sizes.SMALL_SIZES}
 
 
 def test_tiny_sizes_grow_in_width_like_the_papers():
