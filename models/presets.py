@@ -29,8 +29,8 @@ def parscale_config(size: str, parscale_n: int = 1, **overrides) -> Qwen2ParScal
             "rope_parameters": {"rope_type": "default", "rope_theta": sizes.ROPE_THETA},
             "parscale_n_tokens": sizes.PREFIX_TOKENS,
         }
-    elif size in sizes.TINY_SIZES or size in sizes.SMALL_SIZES:
-        shape = {**sizes.TINY_SIZES, **sizes.SMALL_SIZES}[size]
+    elif size in sizes.BYTE_LEVEL_SIZES:
+        shape = sizes.BYTE_LEVEL_SIZES[size]
         fields_of_size = {
             "vocab_size": sizes.BYTE_VOCAB_SIZE,
             "pad_token_id": sizes.BYTE_PAD_ID,
@@ -44,7 +44,7 @@ def parscale_config(size: str, parscale_n: int = 1, **overrides) -> Qwen2ParScal
             "parscale_n_tokens": sizes.TINY_PREFIX_TOKENS,
         }
     else:
-        known = ", ".join([*sizes.PAPER_SIZES, *sizes.TINY_SIZES, *sizes.SMALL_SIZES])
+        known = ", ".join([*sizes.PAPER_SIZES, *sizes.BYTE_LEVEL_SIZES])
         raise ValueError(f"Unknown model size {size!r}; choose one of: {known}.")
     fields_of_size.update(
         hidden_size=shape.hidden_size,

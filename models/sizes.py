@@ -28,17 +28,18 @@ class BackboneShape:
     intermediate_size: int
 
 
-PAPER_SIZES: dict[str, BackboneShape] = {
-    shape.name: shape
-    for shape in (
-        BackboneShape("0.5B", 896, 4864),
-        BackboneShape("0.7B", 1024, 5504),
-        BackboneShape("1.1B", 1280, 6912),
-        BackboneShape("1.6B", 1536, 8320),
-        BackboneShape("2.8B", 2048, 11008),
-        BackboneShape("4.4B", 2560, 13824),
-    )
-}
+def by_name(*shapes: BackboneShape) -> dict[str, BackboneShape]:
+    return {shape.name: shape for shape in shapes}
+
+
+PAPER_SIZES: dict[str, BackboneShape] = by_name(
+    BackboneShape("0.5B", 896, 4864),
+    BackboneShape("0.7B", 1024, 5504),
+    BackboneShape("1.1B", 1280, 6912),
+    BackboneShape("1.6B", 1536, 8320),
+    BackboneShape("2.8B", 2048, 11008),
+    BackboneShape("4.4B", 2560, 13824),
+)
 
 
 # A tiny family for local sweeps and tests on a CPU (not in the paper): six widths, as in the paper's grid,
@@ -59,29 +60,26 @@ BYTE_BOS_ID = 257
 BYTE_EOS_ID = 258
 BYTE_VOCAB_SIZE = 259
 
-TINY_SIZES: dict[str, BackboneShape] = {
-    shape.name: shape
-    for shape in (
-        BackboneShape("tiny-32", 32, 176),
-        BackboneShape("tiny-48", 48, 256),
-        BackboneShape("tiny-64", 64, 344),
-        BackboneShape("tiny-80", 80, 432),
-        BackboneShape("tiny-96", 96, 512),
-        BackboneShape("tiny-128", 128, 688),
-    )
-}
+TINY_SIZES: dict[str, BackboneShape] = by_name(
+    BackboneShape("tiny-32", 32, 176),
+    BackboneShape("tiny-48", 48, 256),
+    BackboneShape("tiny-64", 64, 344),
+    BackboneShape("tiny-80", 80, 432),
+    BackboneShape("tiny-96", 96, 512),
+    BackboneShape("tiny-128", 128, 688),
+)
 
 # The small family (`scale=small`, not in the paper): the tiny family's shapes from tiny-128's width up to
 # 1.6x it. The tiny grid's search found P helping at every P only at width 128 (sweeps/tiny_search_trials.csv);
 # these widths keep the same depth, heads and byte vocabulary so that only N changes.
-SMALL_SIZES: dict[str, BackboneShape] = {
-    shape.name: shape
-    for shape in (
-        BackboneShape("small-128", 128, 688),
-        BackboneShape("small-144", 144, 776),
-        BackboneShape("small-160", 160, 864),
-        BackboneShape("small-176", 176, 952),
-        BackboneShape("small-192", 192, 1040),
-        BackboneShape("small-208", 208, 1120),
-    )
-}
+SMALL_SIZES: dict[str, BackboneShape] = by_name(
+    BackboneShape("small-128", 128, 688),
+    BackboneShape("small-144", 144, 776),
+    BackboneShape("small-160", 160, 864),
+    BackboneShape("small-176", 176, 952),
+    BackboneShape("small-192", 192, 1040),
+    BackboneShape("small-208", 208, 1120),
+)
+
+# The sizes with the byte-level vocabulary and the tiny family's depth and heads.
+BYTE_LEVEL_SIZES: dict[str, BackboneShape] = {**TINY_SIZES, **SMALL_SIZES}
