@@ -15,6 +15,8 @@ run_id      no        unique id of the run (stable across requeues)
 seed        no        random seed; runs that differ only in seed are replicates, not duplicates
 eval_loss   no        final held-out loss (fit it with ``loss_column="eval_loss"``)
 status      no        ``done`` / ``running`` / ``failed``; only ``done`` rows (or rows without status) are fitted
+stage2_fraction no    two-stage training: the last fraction of ``tokens`` trained with P streams on a P = 1
+                      backbone (0 or absent: from scratch); one fit takes rows of one value
 ==========  ========  ==============================================================================
 
 CSV and Parquet are both read (by extension). ``prepare`` turns a table into the arrays the fitter
@@ -32,7 +34,8 @@ import pandas as pd
 from .errors import InvalidTableError
 
 REQUIRED_COLUMNS = ("params", "P", "loss")
-RESULT_COLUMNS = ("dataset", "size", "params", "P", "loss", "tokens", "run_id", "seed", "eval_loss", "status")
+RESULT_COLUMNS = ("dataset", "size", "params", "P", "loss", "tokens", "run_id", "seed", "eval_loss", "status",
+                  "stage2_fraction")
 DONE_STATUS = "done"
 
 
@@ -134,6 +137,18 @@ def _attach_weights(table: pd.DataFrame, weights) -> pd.DataFrame:
     return table.assign(**{WEIGHT_COLUMN: values})
 
 
+def _check_one_recipe(table: pd.DataFrame) -> None:
+    """One law per training recipe: two-stage runs of different stage-2 fractions are different experiments."""
+    if "stage2_fraction" not in table.columns:
+        return
+    fractions = sorted(pd.to_numeric(table["stage2_fraction"], errors="coerce").fillna(0).unique())
+    if len(fractions) > 1:
+        raise InvalidTableError(
+            f"the rows come from {len(fractions)} stage2_fraction values {[float(f) for f in fractions]}; fit each on "
+            "its own, e.g. table[table.stage2_fraction == F] (python -m sweeps.report fits each F of a sweep)"
+        )
+
+
 def prepare(
     table: pd.DataFrame,
     dataset: str | None = None,
@@ -172,6 +187,7 @@ def prepare(
     elif dataset is not None:
         raise InvalidTableError(f"dataset={dataset!r} given but the table has no 'dataset' column; drop the option")
     table = finished_runs(table)
+    _check_one_recipe(table)
 
     values = {}
     for column in required:

@@ -10,7 +10,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 
 from models import Qwen2ParScaleConfig, Qwen2ParScaleForCausalLM, config_from_mapping, is_parscale_parameter
 
-from . import parallelize
+from . import parallelize, stages
 from .config import ConfigError, OptimConfig, TrainConfig
 from .distributed import Environment
 from .loss import CausalLMLoss
@@ -49,8 +49,11 @@ def build_trained(config: TrainConfig, built: Qwen2ParScaleConfig, env: Environm
     except ImportError as error:  # e.g. flash_attention_2 without the flash-attn package
         raise ConfigError(f"attn_implementation={config.attn_implementation}: {str(error).splitlines()[0]}; "
                           "choose sdpa or install that kernel") from None
-    backbone = _stage_one_backbone(config, built) if config.init_from else None
-    if config.freeze_backbone:
+    # Stage 2 of a two-stage grid loads its backbone from the stage-1 checkpoint later (sweeps/stages.py).
+    backbone = _stage_one_backbone(config, built) if config.init_from and config.stage == 0 else None
+    if config.freeze_backbone and config.parscale_n == 1:
+        lm.requires_grad_(False)  # a frozen P = 1 stage 2: the paired control, which trains nothing
+    elif config.freeze_backbone:
         lm.freeze_backbone()
     trained = CausalLMLoss(lm, config.loss_chunk_tokens)
     trained.train()
@@ -61,6 +64,8 @@ def build_trained(config: TrainConfig, built: Qwen2ParScaleConfig, env: Environm
     if parallelize.uses_fsdp(env, config.precision):
         parallelize.apply_fsdp(trained, lm, env, strategy, config.precision)
     parallelize.materialize(trained, lm, env.device, config.seed)
+    if config.stage == 2:
+        stages.init_new_parameters(lm, config.stage2)
     if backbone is not None:
         set_model_state_dict(trained, backbone, options=StateDictOptions(full_state_dict=True, strict=False))
     return trained, lm
@@ -91,13 +96,15 @@ def _stage_one_checkpoint(path: Path) -> Path:
     raise ConfigError(f"init_from={path} holds no model{hint}; point it at a finished P = 1 run dir or a Qwen2 checkpoint dir")
 
 
-def build_optimizer(model: torch.nn.Module, optim: OptimConfig, fused: bool = False) -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, optim: OptimConfig, fused: bool = False) -> torch.optim.AdamW | None:
     """AdamW with weight decay on the backbone's matrices, none on norms and biases; the ParScale parameters
     (prefixes and aggregator) in groups of their own, with `optim.parscale_lr_scale` times the learning rate
     and `optim.parscale_weight_decay` (default: the backbone's) on their matrices. `fused`: one kernel for
-    all parameters (CUDA)."""
+    all parameters (CUDA). None when nothing trains (a frozen P = 1 stage 2)."""
     parscale_decay = optim.weight_decay if optim.parscale_weight_decay is None else optim.parscale_weight_decay
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        return None
     groups = []
     for is_parscale, lr_scale, decay in ((False, 1.0, optim.weight_decay), (True, optim.parscale_lr_scale, parscale_decay)):
         chosen = [p for name, p in named if is_parscale_parameter(name) == is_parscale]

@@ -7,7 +7,9 @@ A cell's state is read from the files the training job writes (see sweeps/train.
     failed   error.txt exists (written when a cell has failed `sweep.max_failures` times; a relaunch removes it)
     running  metrics.jsonl or checkpoints/ exists: started and not finished (on a cluster it may also be
              waiting in the queue after a preemption; `updated` says when it last wrote a step)
-    pending  nothing written yet
+    pending  nothing written yet (a stage-2 cell: also waiting for its stage 1, which `detail` names)
+    blocked  a stage-2 cell that has not started and whose stage-1 cell failed: it cannot run until a
+             relaunch trains that stage 1
 """
 
 from __future__ import annotations
@@ -25,15 +27,18 @@ from .config import ConfigError, TrainConfig, from_mapping
 MANIFEST = "sweep.json"
 ERROR_FILE = "error.txt"
 ATTEMPTS_FILE = "attempts.json"
-STATES = ("pending", "running", "done", "failed")
+STATES = ("pending", "running", "done", "failed", "blocked")
 
 
 @dataclass
 class Cell:
-    """One run of the grid: its sub-directory name and the Hydra overrides that make it."""
+    """One run of the grid: its sub-directory name, the Hydra overrides that make it, and its stage in a
+    two-stage grid (sweeps/two_stage.py) with, for stage 2, the stage-1 cell it starts from."""
 
     name: str
     overrides: list[str]
+    stage: int = 0
+    after: str | None = None
 
 
 @dataclass
@@ -69,6 +74,7 @@ class CellState:
     updated: float | None = None  # seconds since the epoch of the last file the run wrote
     attempts: int = 0
     failures: int = 0
+    stage: int = 0  # in a two-stage grid: 1 or 2
 
 
 class Attempts:
@@ -158,11 +164,20 @@ def sweep_cells(sweep_dir: Path) -> list[CellState]:
     """Every cell of a sweep: those the manifest lists (pending ones too), else every sub-directory."""
     sweep_dir = Path(sweep_dir)
     manifest = Manifest.read(sweep_dir)
-    if manifest is not None:
-        names = [cell.name for cell in manifest.cells]
-    else:
+    if manifest is None:
         names = sorted(path.name for path in sweep_dir.iterdir() if path.is_dir() and not path.name.startswith("."))
-    return [read_cell(sweep_dir / name) for name in names]
+        return [read_cell(sweep_dir / name) for name in names]
+    states = {cell.name: read_cell(sweep_dir / cell.name) for cell in manifest.cells}
+    for cell in manifest.cells:
+        state = states[cell.name]
+        state.stage = cell.stage
+        stage1 = states.get(cell.after) if cell.after else None
+        if stage1 is not None and state.state == "pending":
+            if stage1.state == "failed":
+                state.state, state.detail = "blocked", f"its stage 1, {cell.after}, failed"
+            elif stage1.state != "done":
+                state.detail = f"waits for {cell.after}"
+    return list(states.values())
 
 
 # Keys of the launcher's config that describe the grid rather than one run.

@@ -51,9 +51,9 @@ def replace_directory(temporary: Path, final: Path) -> None:
     os.replace(temporary, final)
 
 
-def complete_checkpoints(run_dir: Path) -> list[Path]:
+def complete_checkpoints(run_dir: Path, folder: str = CHECKPOINTS) -> list[Path]:
     """The run's complete checkpoint directories, oldest first."""
-    root = Path(run_dir) / CHECKPOINTS
+    root = Path(run_dir) / folder
     if not root.is_dir():
         return []
     return sorted(path for path in root.glob("step-*") if (path / META).exists())
@@ -69,12 +69,14 @@ def read_meta(checkpoint_dir: Path) -> dict:
 
 
 class Checkpointer:
-    """Saves and loads one run's checkpoints (see the module docstring); every process makes the same calls."""
+    """Saves and loads one run's checkpoints (see the module docstring); every process makes the same calls.
+    `folder`: where in the run dir (a stage-1 run keeps its branch points apart, sweeps/stages.py); `keep`:
+    the newest complete checkpoints kept, None for all."""
 
-    def __init__(self, run_dir: Path, env, keep: int = 2, async_save: bool = True):
+    def __init__(self, run_dir: Path, env, keep: int | None = 2, async_save: bool = True, folder: str = CHECKPOINTS):
         import torch.distributed as dist
 
-        self.root = Path(run_dir) / CHECKPOINTS
+        self.root = Path(run_dir) / folder
         self.env, self.keep = env, keep
         self.distributed = dist.is_initialized()
         self.async_save = async_save and self.distributed
@@ -130,7 +132,7 @@ class Checkpointer:
             meta["save_s"] = time.perf_counter() - started
             atomic_write_text(temporary / META, json.dumps(meta, indent=1) + "\n")
             replace_directory(temporary, final)
-            for old in complete_checkpoints(self.root.parent)[:-self.keep]:
+            for old in complete_checkpoints(self.root.parent, self.root.name)[:-self.keep] if self.keep else []:
                 shutil.rmtree(old, ignore_errors=True)
 
     def load(self, checkpoint_dir: Path, state: dict) -> dict:

@@ -19,9 +19,11 @@ from parscale_law.table import RESULT_COLUMNS, write_results
 
 
 def collect_runs(sweep_dir: str | Path) -> pd.DataFrame:
-    """The results table of every finished run below ``sweep_dir``, sorted by data set, params and P."""
+    """The results table of every finished run below ``sweep_dir``, sorted by data set, params and P. The
+    stage-1 runs of a two-stage grid are not rows: each is the P = 1 backbone its cells start from, and its
+    P = 1 stage-2 cell is the grid's P = 1 row."""
     rows = [json.loads(path.read_text()) for path in sorted(Path(sweep_dir).rglob("result.json"))]
-    return _table(rows)
+    return _table([row for row in rows if row.get("stage", 0) != 1])
 
 
 def rows_from_wandb(runs: Iterable) -> list[dict]:
@@ -33,7 +35,7 @@ def rows_from_wandb(runs: Iterable) -> list[dict]:
         summary = dict(run.summary)
         result = summary.get("result")
         source = dict(result) if isinstance(result, dict) or hasattr(result, "keys") else summary
-        if source.get("status") != "done":
+        if source.get("status") != "done" or source.get("stage", 0) == 1:  # a stage 1 is not a row (collect_runs)
             continue
         row = {column: source[column] for column in RESULT_COLUMNS if column in source}
         row.setdefault("run_id", run.id)

@@ -17,7 +17,12 @@ from typing import Any, Dict, List, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from . import stages
+from .stages import Stage2Config
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# `${stage_suffix:${stage},${stage2_fraction}}` in conf/: what a run directory's name adds for its stage.
+OmegaConf.register_new_resolver("stage_suffix", stages.suffix, replace=True)
 
 DATA_SOURCES = ("hub", "stdlib-code", "stdlib-prose")
 LOCAL_BUILDERS = ("json", "text", "csv", "parquet", "arrow")  # datasets builders that read data_files
@@ -125,8 +130,12 @@ class TrainConfig:
     compile: Optional[bool] = None  # torch.compile per decoder block; None: on CUDA only
     attn_implementation: str = "sdpa"  # one of ATTENTION
     loss_chunk_tokens: int = 4096  # tokens per chunk of the cross-entropy (the logits never exist whole)
-    init_from: Optional[str] = None  # two-stage: a finished P = 1 run dir or a Qwen2 checkpoint dir
+    init_from: Optional[str] = None  # stage 2: its stage-1 run dir; stage 0: a finished P = 1 run or Qwen2 checkpoint dir
     freeze_backbone: bool = False  # two-stage: train only the prefixes and the aggregator
+    stage: int = 0  # two-stage training (sweeps/stages.py): 0 one stage; 1 the P = 1 backbone; 2 streams added to it
+    stage2_fraction: float = 0.0  # the last fraction of `tokens` that is stage 2 (0: one stage)
+    branch_fractions: List[float] = field(default_factory=list)  # stage 1: further stage2_fraction values it feeds
+    stage2: Stage2Config = field(default_factory=Stage2Config)
 
     @property
     def size(self) -> str:
@@ -236,10 +245,10 @@ def check(config: TrainConfig) -> None:
         raise ConfigError("checkpoint_interval_min must be >= 0 (0: off) and distributed_timeout_min > 0 (minutes)")
     if not 0 <= config.loss_smoothing < 1:
         raise ConfigError(f"loss_smoothing={config.loss_smoothing} must lie in [0, 1)")
-    if config.freeze_backbone and not config.init_from:
-        raise ConfigError("freeze_backbone=true needs init_from=<a P = 1 run dir or Qwen2 checkpoint> (stage 2 only)")
-    if config.init_from and config.parscale_n == 1:
-        raise ConfigError("init_from is two-stage training, which adds streams: set parscale_n > 1")
+    try:
+        stages.check(config)
+    except stages.StageError as error:
+        raise ConfigError(str(error)) from None
 
 
 def identity(config: TrainConfig) -> dict:

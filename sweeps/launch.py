@@ -14,6 +14,7 @@ import sys
 
 import hydra
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
@@ -34,8 +35,10 @@ def check_choices(arguments: list[str]) -> None:
         if group in chosen and chosen[group] not in known:
             raise SystemExit(f"error: unknown {group} {chosen[group]!r}: choose one of {', '.join(known)} (conf/{group}/*.yaml)")
     try:
+        # Sweep overrides (key=a,b) are the sweeper's to expand: the grid composes without them.
+        fixed = [item for item in OverridesParser.create().parse_overrides(arguments) if not item.is_sweep_override()]
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="launch", overrides=arguments, return_hydra_config=True)
+            cfg = compose(config_name="launch", overrides=[item.input_line for item in fixed], return_hydra_config=True)
         sweep = {key: str(value) for key, value in cfg.hydra.sweeper.params.items()}
         check_group_choices([f"{key}={value}" for key, value in sweep.items()])
     except (HydraException, OmegaConfBaseException, ConfigError) as error:

@@ -1,4 +1,5 @@
-"""Hydra launchers for grids of training runs: SLURM through submitit, and local worker processes.
+"""Hydra launchers for grids of training runs: SLURM through submitit here, local worker processes in
+sweeps/local_launcher.py.
 
 Both first *plan* the sweep in the submitting process, before anything runs:
   - every cell's config is composed and checked (an unknown size, P < 1, a bad budget fail here, with one
@@ -14,34 +15,34 @@ collect). A job that SLURM preempts or times out is requeued by submitit (`max_n
 plugin's default 0 refuses every requeue of a job shorter than ~50 minutes) and, re-run from the top, the
 cell resumes from the checkpoint its training loop saved on the warning signal.
 
-`LocalGridLauncher` runs the cells as worker processes (`python -m sweeps.run_cell`), as many at once as
-there are cores, largest first, and prints progress.
+A two-stage grid (`stage2_fraction=F`, sweeps/two_stage.py) goes out in two rounds: the stage-1 cells,
+then each stage-1 cell's stage-2 cells as job arrays that depend on its job (`afterok`: a requeued stage-1
+job keeps them waiting; `kill-on-invalid-dep`: one that fails cancels them, and `sweeps.status` shows them
+blocked).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
-from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
+from hydra.types import HydraContext
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .cells import ERROR_FILE, MANIFEST, Attempts, Cell, Manifest, cell_config, read_cell
+from . import stages, two_stage
+from .cells import MANIFEST, Cell, Manifest, cell_config, read_cell
 from .checkpoint import atomic_write_text
-from .config import ConfigError, TrainConfig, differences, from_mapping, identity
+from .config import ConfigError, TrainConfig, differences, from_mapping, identity, run_id
 
 
 JOBS_FILE = "jobs.json"
@@ -61,21 +62,29 @@ class PlannedCell:
 
 def plan(config: DictConfig, hydra_context: HydraContext, job_overrides: Sequence[Sequence[str]],
          write_manifest: bool = True) -> tuple[list[PlannedCell], list[PlannedCell]]:
-    """Composes and checks every cell, writes (or, for a dry run, only checks) the manifest, and returns all
-    cells and the unfinished ones."""
+    """Composes and checks every cell (a two-stage grid's stage-1 cells first, sweeps/two_stage.py), writes
+    (or, for a dry run, only checks) the manifest, and returns all cells and the unfinished ones."""
     sweep_dir = Path(str(config.hydra.sweep.dir))
-    planned = []
-    for index, overrides in enumerate(job_overrides):
-        label = " ".join(overrides)
+
+    def compose(overrides: list[str]) -> DictConfig:
         try:
-            cell_cfg = hydra_context.config_loader.load_sweep_config(config, list(overrides))
-            name = str(cell_cfg.hydra.sweep.subdir)
+            return hydra_context.config_loader.load_sweep_config(config, list(overrides))
+        except (HydraException, OmegaConfBaseException) as error:
+            raise LaunchError(f"cell [{' '.join(overrides)}]: {_first_line(error)}") from None
+
+    try:
+        jobs = two_stage.expand([list(overrides) for overrides in job_overrides], compose, sweep_dir)
+    except ValueError as error:
+        raise LaunchError(str(error)) from None
+    planned = []
+    for index, job in enumerate(jobs):
+        cell_cfg = compose(job.overrides)
+        name = str(cell_cfg.hydra.sweep.subdir)
+        try:
             run_config = cell_config(cell_cfg, run_dir=sweep_dir / name)
         except ConfigError as error:
-            raise LaunchError(f"cell [{label}]: {error}") from None
-        except (HydraException, OmegaConfBaseException) as error:
-            raise LaunchError(f"cell [{label}]: {_first_line(error)}") from None
-        planned.append(PlannedCell(Cell(name, list(overrides)), run_config, index))
+            raise LaunchError(f"cell [{' '.join(job.overrides)}]: {error}") from None
+        planned.append(PlannedCell(Cell(name, job.overrides, job.stage, job.after), run_config, index))
 
     manifest = Manifest(
         grid=str(config.grid.name),
@@ -88,7 +97,21 @@ def plan(config: DictConfig, hydra_context: HydraContext, job_overrides: Sequenc
     if write_manifest:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(sweep_dir / MANIFEST, manifest.to_json())
-    return planned, [p for p in planned if read_cell(Path(p.config.run_dir)).state != "done"]
+    todo = [p for p in planned if read_cell(Path(p.config.run_dir)).state != "done"]
+    _check_branches(planned, todo)
+    return planned, todo
+
+
+def _check_branches(planned: list[PlannedCell], todo: list[PlannedCell]) -> None:
+    """A stage-2 cell to run whose stage 1 is done needs that run's checkpoint where it starts."""
+    waiting = {p.cell.name for p in todo}
+    for p in todo:
+        if p.cell.stage == 2 and p.cell.after not in waiting and not stages.branch_ready(p.config):
+            raise LaunchError(
+                f"cell {p.cell.name} starts from {p.cell.after}, which finished without a checkpoint at step "
+                f"{stages.first_step(p.config)}: it was trained for other stage2_fraction values; set hydra.sweep.dir "
+                "to a new directory"
+            )
 
 
 def _check_against_existing(sweep_dir: Path, manifest: Manifest, planned: list[PlannedCell]) -> None:
@@ -165,9 +188,7 @@ class SubmissionGroup:
 
 class SlurmGridLauncher(SlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        import submitit
-
-        from .planner import PlanError, format_table, write_plan
+        from .planner import PlanError, write_plan
 
         dry_run = bool(self.config.sweep.get("dry_run", False))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -185,49 +206,82 @@ class SlurmGridLauncher(SlurmLauncher):
                 for p in todo:
                     _check_data(p)
             cell_plans = self._plan_cells(everything if dry_run else todo, timeout_min)
+            if dry_run:
+                return self._print_plan(everything, cell_plans, sweep_dir, timeout_min)
         except (LaunchError, PlanError) as error:
             fail(error)
-        if dry_run:
-            if cell_plans:
-                print(format_table(cell_plans))
-                write_plan(cell_plans, sweep_dir)
-                print(f"plan: {sweep_dir / 'plan.json'}, {sweep_dir / 'plan.md'}; nothing submitted (sweep.dry_run=true)")
-            else:
-                print(f"{len(everything)} cells; CPU-only cells (gpus_per_node=0) have no plan; nothing submitted")
-            return []
         if not todo:
-            print(f"all {len(job_overrides)} cells of {sweep_dir} are done; nothing to submit")
+            print(f"all {len(everything)} cells of {sweep_dir} are done; nothing to submit")
             return []
         if cell_plans:
             write_plan(cell_plans, sweep_dir)
-
-        from hydra.core.singleton import Singleton
-
-        state = Singleton.get_state()
-        jobs, submitted = [], {}
-        for group in self._groups(todo, cell_plans, timeout_min):
-            executor = submitit.AutoExecutor(folder=self.params["submitit_folder"], cluster="slurm",
-                                             slurm_max_num_timeout=group.settings["max_num_timeout"])
-            executor.update_parameters(**_executor_parameters(self.params, group.settings))
-            arguments = [(overrides, "hydra.sweep.dir", initial_job_idx + p.job_index, f"job_id_for_{p.job_index}", state)
-                         for p, overrides in group.cells]
-            try:
-                group_jobs = executor.map_array(self, *zip(*arguments))
-            except submitit.core.utils.FailedJobError as error:
-                fail(LaunchError(f"sbatch refused the job array: {_first_line(error)}"))
-            jobs += group_jobs
-            submitted.update({p.cell.name: job.job_id for (p, _), job in zip(group.cells, group_jobs)})
+        jobs, submitted = self._submit(todo, cell_plans, timeout_min, initial_job_idx)
         atomic_write_text(sweep_dir / JOBS_FILE, json.dumps(submitted, indent=1))
         arrays = sorted({job.job_id.split("_")[0] for job in jobs})
+        staged = " (stage-2 arrays wait for their stage-1 jobs)" if any(p.cell.stage == 2 for p in todo) else ""
         print(
-            f"submitted {len(jobs)} of {len(job_overrides)} cells as SLURM job array{'s' if len(arrays) > 1 else ''} "
-            f"{', '.join(arrays)}\n"
+            f"submitted {len(jobs)} of {len(everything)} cells as SLURM job array{'s' if len(arrays) > 1 else ''} "
+            f"{', '.join(arrays)}{staged}\n"
             f"  sweep directory: {sweep_dir}\n"
             f"  watch:           python -m sweeps.status {sweep_dir}   (or squeue -j {','.join(arrays)})"
         )
         if self.config.sweep.wait:
             return [_wait_for(job) for job in jobs]
         return []
+
+    def _submit(self, todo: list[PlannedCell], cell_plans, timeout_min: float, initial_job_idx: int):
+        """Submits the cells as job arrays, stage-1 (and one-stage) cells first, then every stage-1 cell's stage
+        2s depending on its job; returns the jobs and {cell name: job id}."""
+        import submitit
+        from hydra.core.singleton import Singleton
+
+        state = Singleton.get_state()
+        plans = {plan.cell: plan for plan in cell_plans}
+        jobs, submitted = [], {}
+        for round_cells in ([p for p in todo if p.cell.stage != 2], [p for p in todo if p.cell.stage == 2]):
+            for group in self._groups(round_cells, plans, timeout_min, submitted):
+                executor = submitit.AutoExecutor(folder=self.params["submitit_folder"], cluster="slurm",
+                                                 slurm_max_num_timeout=group.settings["max_num_timeout"])
+                executor.update_parameters(**_executor_parameters(self.params, group.settings))
+                arguments = [(overrides, "hydra.sweep.dir", initial_job_idx + p.job_index, f"job_id_for_{p.job_index}",
+                              state) for p, overrides in group.cells]
+                try:
+                    group_jobs = executor.map_array(self, *zip(*arguments))
+                except submitit.core.utils.FailedJobError as error:
+                    fail(LaunchError(f"sbatch refused the job array: {_first_line(error)}"))
+                jobs += group_jobs
+                submitted.update({p.cell.name: job.job_id for (p, _), job in zip(group.cells, group_jobs)})
+        return jobs, submitted
+
+    def _print_plan(self, everything: list[PlannedCell], cell_plans, sweep_dir: Path, timeout_min: float) -> list:
+        from .planner import format_table, write_plan
+
+        if not cell_plans:
+            print(f"{len(everything)} cells; CPU-only cells (gpus_per_node=0) have no plan; nothing submitted")
+            return []
+        comparison = self._against_from_scratch(everything, cell_plans, timeout_min)
+        print(format_table(cell_plans) + comparison)
+        write_plan(cell_plans, sweep_dir, comparison)
+        print(f"plan: {sweep_dir / 'plan.json'}, {sweep_dir / 'plan.md'}; nothing submitted (sweep.dry_run=true)")
+        return []
+
+    def _against_from_scratch(self, everything: list[PlannedCell], cell_plans, timeout_min: float) -> str:
+        """A two-stage grid's GPU-hours by stage, against the same cells trained from scratch ('' otherwise)."""
+        if not any(p.cell.stage for p in everything):
+            return ""
+        scratch = {}  # one from-scratch run per distinct cell: the F values of a boundary sweep share it
+        for p in everything:
+            if p.cell.stage == 2:
+                alone = two_stage.from_scratch(p.config)
+                scratch[run_id(alone)] = alone
+        scratch_hours = sum(plan.gpu_hours for plan in self._plan_cells(
+            [PlannedCell(Cell(f"{config.size}-P{config.parscale_n}", []), config, 0) for config in scratch.values()],
+            timeout_min))
+        by_stage = {stage: sum(plan.gpu_hours for p, plan in zip(everything, cell_plans) if p.cell.stage == stage)
+                    for stage in (1, 2)}
+        total = by_stage[1] + by_stage[2]
+        return (f"\ntwo stages: {total:,.0f} GPU-hours (stage 1: {by_stage[1]:,.0f}, stage 2: {by_stage[2]:,.0f}); "
+                f"the same {len(scratch)} cells from scratch: {scratch_hours:,.0f} GPU-hours ({total / scratch_hours:.2f}x)")
 
     def _plan_cells(self, cells: list[PlannedCell], timeout_min: float):
         """Each GPU cell's plan (sweeps/planner.py); none for CPU-only cells."""
@@ -239,21 +293,26 @@ class SlurmGridLauncher(SlurmLauncher):
                                            "gpus_per_node": self.params["gpus_per_node"]}, timeout_min)
         return [plan_cell(p.cell.name, p.config, hardware) for p in cells]
 
-    def _groups(self, todo: list[PlannedCell], cell_plans, timeout_min: float) -> list[SubmissionGroup]:
+    def _groups(self, cells: list[PlannedCell], plans: dict, timeout_min: float, submitted: dict) -> list[SubmissionGroup]:
+        """The cells by what one job array shares: resources, and a stage 2's stage-1 job to wait for."""
         explicit = {key: self.params[key] for key in ("nodes", "tasks_per_node", "signal_delay_s", "max_num_timeout")
                     if self.params.get(key) is not None}
-        if not cell_plans:  # CPU-only cells: the settings as given
-            settings = {"nodes": 1, "tasks_per_node": 1, "signal_delay_s": 120, "max_num_timeout": 30,
-                        "gpus_per_node": self.params.get("gpus_per_node"), "timeout_min": timeout_min, **explicit}
-            return [SubmissionGroup(settings, [(p, list(p.cell.overrides)) for p in todo])]
         groups: dict[tuple, SubmissionGroup] = {}
-        for p, cell_plan in zip(todo, cell_plans):
-            settings = {"nodes": cell_plan.nodes, "gpus_per_node": cell_plan.gpus_per_node,
-                        "tasks_per_node": cell_plan.gpus_per_node, "timeout_min": timeout_min,
-                        "signal_delay_s": cell_plan.signal_delay_s, "max_num_timeout": cell_plan.max_num_timeout,
-                        **explicit}
+        for p in cells:
+            cell_plan = plans.get(p.cell.name)
+            if cell_plan is None:  # CPU-only cells: the settings as given
+                settings = {"nodes": 1, "tasks_per_node": 1, "signal_delay_s": 120, "max_num_timeout": 30,
+                            "gpus_per_node": self.params.get("gpus_per_node"), "timeout_min": timeout_min, **explicit}
+            else:
+                settings = {"nodes": cell_plan.nodes, "gpus_per_node": cell_plan.gpus_per_node,
+                            "tasks_per_node": cell_plan.gpus_per_node, "timeout_min": timeout_min,
+                            "signal_delay_s": cell_plan.signal_delay_s, "max_num_timeout": cell_plan.max_num_timeout,
+                            **explicit}
+            if p.cell.stage == 2 and p.cell.after in submitted:
+                settings["dependency"] = f"afterok:{submitted[p.cell.after]}"
+            overrides = [*p.cell.overrides, *(cell_plan.overrides() if cell_plan else [])]
             key = tuple(sorted(settings.items()))
-            groups.setdefault(key, SubmissionGroup(settings, [])).cells.append((p, [*p.cell.overrides, *cell_plan.overrides()]))
+            groups.setdefault(key, SubmissionGroup(settings, [])).cells.append((p, overrides))
         return list(groups.values())
 
     def _timeout_min(self, dry_run: bool) -> int:
@@ -331,7 +390,12 @@ def _executor_parameters(params: dict, settings: dict) -> dict:
     shared = set(OmegaConf.structured(BaseQueueConf).keys())
     skip = {"submitit_folder", "max_num_timeout", *PLANNER_KEYS}
     merged = {key: value for key, value in params.items() if key not in skip and value is not None}
-    merged.update({key: value for key, value in settings.items() if key != "max_num_timeout"})
+    merged.update({key: value for key, value in settings.items() if key not in ("max_num_timeout", "dependency")})
+    if settings.get("dependency"):
+        # A stage-2 array waits for its stage-1 job; SLURM cancels it if that job fails (its dependency then
+        # can never be met) rather than leaving it pending forever.
+        merged["additional_parameters"] = {**(params.get("additional_parameters") or {}),
+                                           "dependency": settings["dependency"], "kill_on_invalid_dep": "yes"}
     if not merged.get("gpus_per_node"):
         merged.pop("gpus_per_node", None)
     return {key if key in shared else f"slurm_{key}": value for key, value in merged.items()}
@@ -343,148 +407,6 @@ def _wait_for(job) -> JobReturn:
         return _job_return(0)
     except Exception:  # the cell's error.txt says why; sweeps.report lists it and the others still get collected
         return _job_return(1)
-
-
-# --- local -----------------------------------------------------------------------------------------
-
-
-class LocalGridLauncher(Launcher):
-    """Runs the cells in worker processes on this machine, ``parallel`` at a time (default: the cores)."""
-
-    def __init__(self, parallel: int | None = None, progress_interval_s: float = 10.0) -> None:
-        if parallel is not None and (not isinstance(parallel, int) or parallel < 1):
-            fail(LaunchError(f"hydra.launcher.parallel={parallel!r} must be a positive number of cells, or null for one per core"))
-        self.parallel = parallel
-        self.progress_interval_s = progress_interval_s
-        self.config: DictConfig | None = None
-        self.hydra_context: HydraContext | None = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config, self.hydra_context = config, hydra_context
-
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        dry_run = bool(self.config.sweep.get("dry_run", False))
-        try:
-            everything, todo = plan(self.config, self.hydra_context, job_overrides, write_manifest=not dry_run)
-        except LaunchError as error:
-            fail(error)
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        if dry_run:
-            for p in everything:
-                print(f"  {p.cell.name}: {p.config.total_steps} steps of {p.config.tokens_per_step} tokens")
-            print(f"{len(everything)} cells, {len(todo)} to run on this machine; nothing run (sweep.dry_run=true)")
-            return []
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        parallel = max(1, min(self.parallel or cores, len(todo) or 1))
-        print(f"sweep directory: {sweep_dir}; {len(job_overrides) - len(todo)} cells done, {len(todo)} to run, {parallel} at a time")
-        # Largest first: the long P = 8 cells of the widest models start early, so they do not run alone at the end.
-        queue = sorted(todo, key=lambda p: _cost(p.config), reverse=True)
-        max_failures = int(self.config.sweep.get("max_failures", 1))
-        return _run_workers(queue, sweep_dir, parallel, max(1, cores // parallel), self.progress_interval_s, max_failures)
-
-
-def _cost(config: TrainConfig) -> float:
-    model = config.model
-    return config.parscale_n * config.tokens * model["num_hidden_layers"] * model["hidden_size"] ** 2
-
-
-# glibc serves large blocks (from 128 kB, adaptively up to 32 MB) with fresh pages from the OS and returns them
-# when freed, so a CPU run faults its activations in again at every step: 117 million page faults in one tiny
-# grid. Serving blocks under 32 MB (glibc's largest allowed threshold) from the heap, trimmed only past 1 GB,
-# makes the P > 1 cells 10-17% faster (tiny-128 at P = 8: 2.1k against 1.8k tokens/s; raising only the trim
-# threshold made it slower, 1.1k). A GLIBC_TUNABLES of the user's own wins; other C libraries ignore it.
-KEEP_FREED_MEMORY = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
-
-
-def cpu_cell_environment(threads: int) -> dict[str, str]:
-    """The environment of a training process on the CPU: `threads` math threads and the allocator above."""
-    return {"GLIBC_TUNABLES": KEEP_FREED_MEMORY, **os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-
-
-def _run_workers(queue: list[PlannedCell], sweep_dir: Path, parallel: int, threads: int, interval_s: float,
-                 max_failures: int = 1) -> list[JobReturn]:
-    config_dir = sweep_dir / CELL_CONFIGS
-    config_dir.mkdir(parents=True, exist_ok=True)
-    env = cpu_cell_environment(threads)
-    pending, running, finished = list(queue), {}, {}
-    started_at, last_report = time.time(), 0.0
-    spent = {"seconds": 0.0, "cost": 0.0}  # of finished cells: what the ETA scales by
-    try:
-        while pending or running:
-            while pending and len(running) < parallel:
-                cell = pending.pop(0)
-                cell_file = config_dir / f"{cell.cell.name}.yaml"
-                atomic_write_text(cell_file, OmegaConf.to_yaml(OmegaConf.structured(cell.config)))
-                run_dir = Path(cell.config.run_dir)
-                run_dir.mkdir(parents=True, exist_ok=True)
-                log = open(run_dir / "train.log", "a")
-                process = subprocess.Popen([sys.executable, "-m", "sweeps.run_cell", str(cell_file), str(max_failures)],
-                                           stdout=log, stderr=subprocess.STDOUT, env=env)
-                running[cell.cell.name] = (process, log, time.time(), _cost(cell.config), cell)
-            for name, (process, log, began, cost, cell) in list(running.items()):
-                if process.poll() is not None:
-                    log.close()
-                    took = time.time() - began
-                    spent["seconds"] += took
-                    spent["cost"] += cost
-                    del running[name]
-                    if process.returncode != 0 and _retry(cell, process.returncode, max_failures):
-                        print(f"  {name}: attempt failed ({_last_error(cell)}); starting it again from its checkpoint")
-                        pending.insert(0, cell)
-                        continue
-                    finished[name] = process.returncode
-                    state = "done" if process.returncode == 0 else f"FAILED (see {sweep_dir / name / 'train.log'})"
-                    print(f"  {name}: {state} in {took:.0f} s")
-            now = time.time()
-            if now - last_report >= interval_s and (pending or running):
-                last_report = now
-                print(_progress(finished, running, pending, spent, parallel, now - started_at), flush=True)
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        # The workers checkpoint on SIGTERM; launching the grid again resumes them.
-        for process, *_ in running.values():
-            process.terminate()
-        for process, log, *_ in running.values():
-            process.wait()
-            log.close()
-        print(f"interrupted: {len(finished)} cells finished; the same command resumes the others", file=sys.stderr)
-        raise SystemExit(130) from None
-    failed = [name for name, code in finished.items() if code != 0]
-    print(f"{len(finished) - len(failed)} cells finished, {len(failed)} failed" + (f": {', '.join(failed)}" if failed else ""))
-    return [_job_return(finished[cell.cell.name]) for cell in queue]
-
-
-def _retry(cell: PlannedCell, returncode: int, max_failures: int) -> bool:
-    """After a worker exited non-zero: whether to start the cell again. A worker killed before it could record
-    its failure (a signal, the out-of-memory killer) gets it recorded here, and the cell marked failed here
-    once it has failed max_failures times; a configuration error (exit 2) is never retried."""
-    run_dir = Path(cell.config.run_dir)
-    attempts = Attempts(run_dir)
-    entries = attempts.read()
-    if entries and "outcome" not in entries[-1]:
-        attempts.end("failed", f"the worker exited with status {returncode} without an error (killed?)")
-    if (run_dir / ERROR_FILE).exists() or returncode == 2:
-        return False
-    if attempts.failures() < max_failures:
-        return True
-    atomic_write_text(run_dir / ERROR_FILE, _last_error(cell) + "\n")
-    return False
-
-
-def _last_error(cell: PlannedCell) -> str:
-    entries = Attempts(Path(cell.config.run_dir)).read()
-    return entries[-1].get("error", "") if entries else ""
-
-
-def _progress(finished: dict, running: dict, pending: list, spent: dict, parallel: int, elapsed_s: float) -> str:
-    failed = sum(code != 0 for code in finished.values())
-    line = f"cells: {len(finished) - failed} done, {len(running)} running, {failed} failed, {len(pending)} pending; {elapsed_s / 60:.1f} min"
-    if spent["cost"]:
-        # Seconds per unit of the cells' relative cost (P x tokens x layers x width^2) so far, times what is left;
-        # a running cell counts as half done.
-        left = sum(_cost(cell.config) for cell in pending) + sum(entry[3] for entry in running.values()) / 2
-        line += f", ETA ~{left * spent['seconds'] / spent['cost'] / parallel / 60:.1f} min"
-    return line
 
 
 def _job_return(code: int) -> JobReturn:

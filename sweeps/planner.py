@@ -22,7 +22,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import resources
+from . import resources, stages
 from .checkpoint import complete_checkpoints, read_meta
 from .config import TrainConfig
 
@@ -94,7 +94,7 @@ class CellPlan:
     tokens_per_s: float
     step_s: float
     checkpoint_s: float
-    total_steps: int
+    total_steps: int  # the steps this cell trains (a stage-2 cell: its stage 2)
     wall_hours: float
     gpu_hours: float
     attempts: int
@@ -172,8 +172,9 @@ def _timed(name: str, config: TrainConfig, shape, layout, hardware: Hardware) ->
             f"cell {name}: a step ({step.seconds:.0f} s) and a checkpoint ({save_s:.0f} s) leave no time to train within "
             f"timeout_min={hardware.timeout_min:g}; raise hydra.launcher.timeout_min or hydra.launcher.max_nodes"
         )
-    checkpoints = config.total_steps / config.checkpoint_interval
-    train_s = config.total_steps * step.seconds + checkpoints * save_s * 0.05  # async: ~5% of a save blocks
+    steps = stages.last_step(config) - stages.first_step(config)  # a two-stage cell trains its stage only
+    checkpoints = steps / config.checkpoint_interval
+    train_s = steps * step.seconds + checkpoints * save_s * 0.05  # async: ~5% of a save blocks
     attempts = max(1, math.ceil(train_s / attempt_s))
     wall_s = train_s + attempts * 60 * hardware.startup_min
     gpus_per_node = min(layout.processes, hardware.gpus_per_node)
@@ -185,7 +186,7 @@ def _timed(name: str, config: TrainConfig, shape, layout, hardware: Hardware) ->
         gpus_per_node=gpus_per_node, gpu=hardware.gpu, predicted_peak_gb=round(peak.peak / 1e9, 2),
         gpu_mem_gb=round(hardware.gpu_memory_bytes / 1e9, 1), memory_gb={k: round(v * resources.GIB / 1e9, 3) for k, v in peak.gib().items()},
         assumed_mfu=round(step.mfu, 3), tokens_per_s=round(step.tokens_per_s), step_s=round(step.seconds, 2),
-        checkpoint_s=round(save_s, 1), total_steps=config.total_steps, wall_hours=round(wall_s / 3600, 1),
+        checkpoint_s=round(save_s, 1), total_steps=steps, wall_hours=round(wall_s / 3600, 1),
         gpu_hours=round(wall_s / 3600 * layout.processes), attempts=attempts, timeout_min=hardware.timeout_min,
         signal_delay_s=signal_delay, max_num_timeout=attempts - 1 + max(3, attempts // 2),
     )
@@ -221,9 +222,11 @@ def _cell_text(plan: CellPlan, key: str) -> str:
     return str(value)
 
 
-def write_plan(plans: list[CellPlan], sweep_dir: Path) -> None:
+def write_plan(plans: list[CellPlan], sweep_dir: Path, note: str = "") -> None:
+    """plan.json (one object per cell) and plan.md (the table, then `note`: a two-stage grid's comparison)."""
     from .checkpoint import atomic_write_text
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(sweep_dir / PLAN_JSON, json.dumps([asdict(plan) for plan in plans], indent=1) + "\n")
-    atomic_write_text(sweep_dir / PLAN_MD, f"# Plan of {sweep_dir.name}\n\n" + format_table(plans, markdown=True))
+    text = f"# Plan of {sweep_dir.name}\n\n" + format_table(plans, markdown=True) + (f"\n{note.strip()}\n" if note else "")
+    atomic_write_text(sweep_dir / PLAN_MD, text)

@@ -22,37 +22,51 @@ FIGURE_FORMATS = ("png",)
 
 
 def report(sweep_dir: Path, n_bootstrap: int = 1000, seed: int = 0) -> bool:
-    """Writes results.csv, fit.json, figures/ into ``sweep_dir`` and prints a summary; True if no cell failed."""
+    """Writes results.csv, fit.json, figures/ into ``sweep_dir`` and prints a summary; True if no cell failed
+    or was blocked. A two-stage boundary sweep (several stage2_fraction values) gets a fit per value, in
+    F<value>/ below the sweep directory."""
     sweep_dir = Path(sweep_dir)
     cells = sweep_cells(sweep_dir)
     counts = {state: sum(cell.state == state for cell in cells) for state in STATES}
-    print(f"\nsweep {sweep_dir}: " + ", ".join(f"{counts[state]} {state}" for state in STATES))
+    print(f"\nsweep {sweep_dir}: " + ", ".join(f"{counts[state]} {state}" for state in STATES if counts[state] or state != "blocked"))
     for cell in cells:
-        if cell.state == "failed":
-            print(f"  failed: {cell.name}: {cell.detail}")
+        if cell.state in ("failed", "blocked"):
+            print(f"  {cell.state}: {cell.name}: {cell.detail}")
+    succeeded = counts["failed"] == 0 and counts["blocked"] == 0
     if counts["pending"] or counts["running"]:
         print(f"  not finished: watch with `python -m sweeps.status {sweep_dir}`, then run `python -m sweeps.report {sweep_dir}`")
-        return counts["failed"] == 0
+        return succeeded
 
     table = collect_runs(sweep_dir)
     results_path = sweep_dir / "results.csv"
     write_results(table, results_path)
     print(f"  results table: {results_path} ({len(table)} runs)")
+    fractions = sorted(table["stage2_fraction"].unique()) if "stage2_fraction" in table.columns else [0.0]
+    for fraction in fractions:
+        if len(fractions) == 1:
+            _fit_and_draw(table, sweep_dir, n_bootstrap, seed)
+        else:
+            print(f"  stage2_fraction={fraction:g}:")
+            _fit_and_draw(table[table["stage2_fraction"] == fraction], sweep_dir / f"F{fraction:g}", n_bootstrap, seed)
+    return succeeded
+
+
+def _fit_and_draw(table: pd.DataFrame, out_dir: Path, n_bootstrap: int, seed: int) -> None:
     try:
         boot = bootstrap(table, n=n_bootstrap, seed=seed)
     except InvalidTableError as error:
         print(f"  no fit: {error}")
-        return counts["failed"] == 0
+        return
     result = boot.point
-    (sweep_dir / "fit.json").write_text(json.dumps({**result.to_dict(), "bootstrap": boot.to_dict()}, indent=2))
-    figure_dir = sweep_dir / "figures"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "fit.json").write_text(json.dumps({**result.to_dict(), "bootstrap": boot.to_dict()}, indent=2))
+    figure_dir = out_dir / "figures"
     from analysis import figures
 
     fitted = {str(table["dataset"].iloc[0]): figures.FittedDataset(table, result, boot, figures.heldout_checks(table))}
     written = figures.draw_fits(fitted, figure_dir, FIGURE_FORMATS, cost_sizes=())
     _print_summary(result, boot, table)
-    print(f"  fit: {sweep_dir / 'fit.json'}\n  figures: {figure_dir} ({len(written)} files)")
-    return counts["failed"] == 0
+    print(f"  fit: {out_dir / 'fit.json'}\n  figures: {figure_dir} ({len(written)} files)")
 
 
 VERDICTS = {

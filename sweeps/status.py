@@ -1,5 +1,6 @@
 """`python -m sweeps.status SWEEP_DIR`: one line per cell (pending, running, done, failed with the last
-error line; attempts so far, and how many failed) and a count of each state."""
+error line, or blocked by a failed stage 1; its stage in a two-stage grid; attempts so far, and how many
+failed) and a count of each state."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ def format_cells(cells) -> str:
     lines = []
     for cell in cells:
         parts = [f"{cell.name:<28} {cell.state:<8}"]
+        if cell.stage:
+            parts.append(f"stage {cell.stage}")
         if cell.step is not None:
             parts.append(f"step {cell.step}" + (f"/{cell.total_steps}" if cell.total_steps else ""))
         if cell.loss is not None:

@@ -37,11 +37,18 @@ import hydra
 import torch
 import yaml
 from submitit.helpers import Checkpointable
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 
 from models import count_parameters
+from models.stream_diversity import recording_stream_diversity
 
-from . import distributed, parallelize
+from . import distributed, parallelize, stages
 from .build import build_optimizer, build_trained, model_config, resolve_strategy
 from .checkpoint import Checkpointer, PreemptionGuard, atomic_write_text, latest_checkpoint, read_meta, replace_directory
 from .config import CONF_DIR, ConfigError, OptimConfig, TrainConfig, check, check_group_choices, differences, from_mapping, identity, run_id
@@ -93,26 +100,11 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
     batches = training_batches(config.data, tokenizer, config.seq_len, config.global_batch_size, config.seed)
     eval_rows = eval_batch(config.data, tokenizer, config.seq_len, config.eval_sequences).to(env.device)
 
-    total_steps, the_run_id = config.total_steps, run_id(config)
-    step, ema, elapsed_before = 0, 0.0, 0.0
+    end_step, the_run_id = stages.last_step(config), run_id(config)
     checkpointer = Checkpointer(run_dir, env, keep=config.checkpoints_keep, async_save=config.async_checkpoint)
-    latest = latest_checkpoint(run_dir)
-    if latest is not None:
-        meta = read_meta(latest)
-        if meta["run_id"] != the_run_id:
-            raise ConfigError(f"{latest} belongs to another run ({meta['run_id']}); use a new run dir")
-        state = _training_state(trained, optimizer)
-        rank_state = checkpointer.load(latest, state)
-        set_state_dict(trained, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-        # The data position is the same on every process (the step, or a streamed position at a step boundary),
-        # so any process count resumes from it; each process's RNG only where the process count is the same.
-        batches.load_state_dict(rank_state["data"])
-        if meta["world_size"] == env.world_size:
-            torch.set_rng_state(rank_state["rng"]["torch"])
-            if env.device.type == "cuda" and "cuda" in rank_state["rng"]:
-                torch.cuda.set_rng_state(rank_state["rng"]["cuda"], env.device)
-        step, ema, elapsed_before = meta["step"], meta["ema"], meta["elapsed_s"]
-        del state
+    branches = Checkpointer(run_dir, env, keep=None, async_save=False, folder=stages.BRANCHES) if config.stage == 1 else None
+    step, ema, elapsed_before = _resume_or_start(config, trained, optimizer, checkpointer, batches, env, the_run_id)
+    start = _evaluate_start(run_dir, trained, eval_rows, config, env, fresh=latest_checkpoint(run_dir) is None)
 
     metrics = wandb = None
     if env.is_main:
@@ -120,11 +112,12 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
         run_config = {**asdict(config), "run_id": the_run_id, "git_revision": git_revision(), "strategy": layout,
                       "params": counts.non_embedding, "total_params": counts.total, "world_size": env.world_size}
         wandb = WandbLogger(config.wandb, run_dir, the_run_id, run_config)
+        stage = f", stage {config.stage} (steps {stages.first_step(config)}-{end_step})" if config.stage else ""
         print(
-            f"{'resuming at step ' + str(step) if step else 'starting'}: {config.size} P={config.parscale_n} "
-            f"N={counts.non_embedding:,} on {config.data.name}, {total_steps} steps of {config.tokens_per_step:,} "
-            f"tokens, {env.world_size} process(es) ({layout}) x {accumulation} micro-batch(es) of "
-            f"{config.micro_batch_size}, {config.precision}{', compiled' if compile_blocks else ''}"
+            f"{'resuming at step ' + str(step) if step > stages.first_step(config) else 'starting'}: {config.size} "
+            f"P={config.parscale_n} N={counts.non_embedding:,} on {config.data.name}, {config.total_steps} steps of "
+            f"{config.tokens_per_step:,} tokens{stage}, {env.world_size} process(es) ({layout}) x {accumulation} "
+            f"micro-batch(es) of {config.micro_batch_size}, {config.precision}{', compiled' if compile_blocks else ''}"
             f"{', activation checkpointing' if config.activation_checkpointing else ''}, run dir {run_dir}",
             flush=True,
         )
@@ -133,9 +126,10 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
     last_save = time.perf_counter()
     row = {}
     with PreemptionGuard() as guard:
-        while step < total_steps:
+        while step < end_step:
             step_start = time.perf_counter()
-            lr = learning_rate(step, total_steps, config.peak_lr, config.optim)
+            lr = learning_rate(step, config.total_steps, config.peak_lr, config.optim, stages.decay_steps(config),
+                               _stage2_warmup(config))
             loss_value, grad_norm = train_step(trained, optimizer, batches, step, shards, lr, config, strategy, env)
             step += 1
             if not math.isfinite(loss_value):
@@ -155,32 +149,96 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
                 "tokens_per_s": config.tokens_per_step / step_s,
                 "memory_gb": distributed.peak_memory_gb(env),
             }
-            if step % config.eval_interval == 0 or step == total_steps:
-                row["eval_loss"] = evaluate(trained, eval_rows, config.micro_batch_size, env)
+            if step % config.eval_interval == 0 or step == end_step:
+                row.update(evaluate(trained, eval_rows, config.micro_batch_size, env))
             checkpointer.poll()
             minutes_due = config.checkpoint_interval_min and time.perf_counter() - last_save >= 60 * config.checkpoint_interval_min
             signum, due = distributed.all_max([guard.signum, int(bool(minutes_due))], env)
-            if step < total_steps and (signum or due or step % config.checkpoint_interval == 0):
-                row["checkpoint_s"] = checkpointer.save(
-                    step, _training_state(trained, optimizer), _rank_state(batches, env),
-                    {"ema": ema, "elapsed_s": elapsed_before + time.perf_counter() - attempt_start,
-                     "run_id": the_run_id, "world_size": env.world_size, "micro_batch_size": config.micro_batch_size},
-                    blocking=bool(signum),
-                )
+            meta = {"ema": ema, "elapsed_s": elapsed_before + time.perf_counter() - attempt_start, "run_id": the_run_id,
+                    "world_size": env.world_size, "micro_batch_size": config.micro_batch_size}
+            if branches is not None and step in stages.branch_steps(config):
+                # Before the periodic save: a resumed run never starts past a branch it has not kept.
+                branches.save(step, _training_state(trained, optimizer), _rank_state(batches, env), meta, blocking=True)
+            if step < end_step and (signum or due or step % config.checkpoint_interval == 0):
+                row["checkpoint_s"] = checkpointer.save(step, _training_state(trained, optimizer),
+                                                        _rank_state(batches, env), meta, blocking=bool(signum))
                 last_save = time.perf_counter()
             row["elapsed_s"] = elapsed_before + time.perf_counter() - attempt_start
             if env.is_main:
                 metrics.append(row)
                 wandb.log(row, step)
-                if step % config.log_interval == 0 or "eval_loss" in row or step == total_steps:
+                if step % config.log_interval == 0 or "eval_loss" in row or step == end_step:
                     per_step = (time.perf_counter() - attempt_start) / (step - attempt_first_step)
-                    print(progress_line(row, total_steps, per_step * (total_steps - step)), flush=True)
-            if signum and step < total_steps:
+                    print(progress_line(row, end_step, per_step * (end_step - step)), flush=True)
+            if signum and step < end_step:
                 if env.is_main:
                     print(f"signal {signum}: saved the checkpoint at step {step}; stopping for a restart", flush=True)
                 guard.stop(signum)
 
-    result = {
+    result = _result_row(config, counts, the_run_id, step, row, start)
+    checkpointer.wait()
+    _finish(run_dir, trained, lm, env, result)
+    checkpointer.remove_all()
+    if env.is_main:
+        wandb.finish(result)
+        print(f"done: loss {result['loss']:.4f} (smoothed), eval loss {result['eval_loss']:.4f}; {run_dir / 'result.json'}",
+              flush=True)
+    return result
+
+
+def _resume_or_start(config, trained, optimizer, checkpointer, batches, env, the_run_id) -> tuple[int, float, float]:
+    """Loads the run's newest checkpoint, or a stage 2's start from its stage-1 run; returns the step, the
+    loss EMA and the seconds trained before."""
+    latest = latest_checkpoint(Path(config.run_dir))
+    if latest is not None:
+        meta = read_meta(latest)
+        if meta["run_id"] != the_run_id:
+            raise ConfigError(f"{latest} belongs to another run ({meta['run_id']}); use a new run dir")
+        state = _training_state(trained, optimizer)
+        rank_state = checkpointer.load(latest, state)
+        if optimizer is None:
+            set_model_state_dict(trained, state["model"])
+        else:
+            set_state_dict(trained, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        elapsed_before = meta["elapsed_s"]
+    elif config.stage == 2:
+        stages.check_stage1_run(config)
+        latest = stages.stage2_branch(config)
+        meta = read_meta(latest)
+        rank_state = stages.load_branch(trained, optimizer, checkpointer, latest, config.stage2.optimizer_state)
+        elapsed_before = 0.0  # the stage-2 run's own time; stage 1's is in its row
+    else:
+        return 0, 0.0, 0.0
+    # The data position is the same on every process (the step, or a streamed position at a step boundary),
+    # so any process count resumes from it; each process's RNG only where the process count is the same.
+    batches.load_state_dict(rank_state["data"])
+    if meta["world_size"] == env.world_size:
+        torch.set_rng_state(rank_state["rng"]["torch"])
+        if env.device.type == "cuda" and "cuda" in rank_state["rng"]:
+            torch.cuda.set_rng_state(rank_state["rng"]["cuda"], env.device)
+    return meta["step"], meta["ema"], elapsed_before
+
+
+START_FILE = "start.json"
+
+
+def _evaluate_start(run_dir: Path, trained, eval_rows, config, env, fresh: bool) -> dict:
+    """The held-out loss and the streams' diversity where the run starts (a stage 2: the moment the streams
+    are added), measured once before the first step and kept in start.json for the result row."""
+    path = run_dir / START_FILE
+    if not fresh and path.exists():
+        return json.loads(path.read_text())
+    start = {f"{key}_start": value for key, value in evaluate(trained, eval_rows, config.micro_batch_size, env).items()}
+    if env.is_main:
+        atomic_write_text(path, json.dumps(start, indent=1) + "\n")
+    return start
+
+
+def _result_row(config, counts, the_run_id, step, row, start) -> dict:
+    """The run's row of the results table (parscale_law/table.py); `tokens` counts the backbone's whole
+    training, both stages for a stage 2."""
+    diversity = {key: row[key] for key in ("stream_distance", "weight_entropy") if key in row}
+    return {
         "dataset": config.data.name,
         "size": config.size,
         "params": counts.non_embedding,
@@ -195,38 +253,46 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
         "total_params": counts.total,
         "steps": step,
         "final_train_loss": row["loss"],
+        "stage": config.stage,
+        "stage2_fraction": config.stage2_fraction,
+        "stage2_tokens": (step - stages.first_step(config)) * config.tokens_per_step if config.stage == 2 else 0,
+        **start,
+        **diversity,
     }
-    checkpointer.wait()
-    _finish(run_dir, trained, lm, env, result)
-    checkpointer.remove_all()
-    if env.is_main:
-        wandb.finish(result)
-        print(f"done: loss {result['loss']:.4f} (smoothed), eval loss {result['eval_loss']:.4f}; {run_dir / 'result.json'}",
-              flush=True)
-    return result
+
+
+def _stage2_warmup(config) -> int:
+    return int(config.stage2.warmup_fraction * stages.decay_steps(config)) if config.stage == 2 else 0
 
 
 def train_step(trained, optimizer, batches, step, shards, lr, config, strategy, env) -> tuple[float, float]:
     """One optimiser step over this process's micro-batches; returns the loss averaged over all processes
-    and the gradient norm before clipping."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group["lr_scale"]
+    and the gradient norm before clipping. Without an optimizer (nothing trains: a frozen P = 1 stage 2) only
+    the loss on the step's rows."""
+    learns = optimizer is not None
+    if learns:
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
     loss_sum = torch.zeros((), device=env.device)
     for index, shard in enumerate(shards):
         rows = batches.batch(step, shard * config.micro_batch_size, config.micro_batch_size)
         input_ids = _to_device(rows, env)
-        # ZeRO-3 reduce-scatters every micro-batch's gradients (nothing unsharded is kept between them); the
-        # DDP-like layout keeps them and reduces once per step.
-        parallelize.set_gradient_sync(trained, strategy == "fsdp" or index == len(shards) - 1)
-        loss = trained(input_ids)
-        (loss / len(shards)).backward()
+        with torch.set_grad_enabled(learns):
+            # ZeRO-3 reduce-scatters every micro-batch's gradients (nothing unsharded is kept between them); the
+            # DDP-like layout keeps them and reduces once per step.
+            parallelize.set_gradient_sync(trained, strategy == "fsdp" or index == len(shards) - 1)
+            loss = trained(input_ids)
+            if learns:
+                (loss / len(shards)).backward()
         loss_sum += loss.detach()
-    parameters = [p for p in trained.parameters() if p.requires_grad]
-    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.optim.grad_clip or math.inf)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a sharded (DTensor) norm
-        grad_norm = grad_norm.full_tensor()
+    grad_norm = 0.0
+    if learns:
+        parameters = [p for p in trained.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.optim.grad_clip or math.inf)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a sharded (DTensor) norm
+            grad_norm = grad_norm.full_tensor()
     loss_value = distributed.all_sum([loss_sum.item() / len(shards)], env)[0] / env.world_size
     return loss_value, float(grad_norm)
 
@@ -239,6 +305,8 @@ def _to_device(rows: torch.Tensor, env) -> torch.Tensor:
 
 def _training_state(trained, optimizer) -> dict:
     """The model and optimiser state as DCP saves and loads it: sharded tensors with their global shapes."""
+    if optimizer is None:
+        return {"model": get_model_state_dict(trained)}
     model_state, optimizer_state = get_state_dict(trained, optimizer)
     return {"model": model_state, "optimizer": optimizer_state}
 
@@ -250,36 +318,59 @@ def _rank_state(batches, env) -> dict:
     return {"rng": rng, "data": batches.state_dict()}
 
 
-def learning_rate(step: int, total_steps: int, peak: float, optim: OptimConfig) -> float:
+def learning_rate(step: int, total_steps: int, peak: float, optim: OptimConfig, decay_steps: int = 0,
+                  stage2_warmup_steps: int = 0) -> float:
     """The learning rate of optimiser step `step` (0-based): linear warmup from 0, then cosine to
     min_lr_ratio * peak, or WSD (constant, then linear decay over the last decay_fraction of the steps), or
-    constant. A pure function of the step, so a resumed run needs no scheduler state."""
+    constant. Two-stage runs (`decay_steps` > 0, sweeps/stages.py) hold the peak until the last
+    `decay_steps`, stage 2, which decay in the schedule's shape, the first `stage2_warmup_steps` of them
+    scaled up linearly from 0. A pure function of the step, so a resumed run needs no scheduler state."""
     warmup = int(optim.warmup_fraction * total_steps)
     if step < warmup:
         return peak * (step + 1) / warmup
-    floor = peak * optim.min_lr_ratio
     if optim.schedule == "constant":
-        return peak
-    if optim.schedule == "cosine":
-        progress = (step - warmup) / max(1, total_steps - 1 - warmup)
-        return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    decay_start = total_steps - max(1, int(optim.decay_fraction * total_steps))
+        rate, decay_start = peak, total_steps - decay_steps
+    else:
+        if decay_steps:
+            decay_start = total_steps - decay_steps
+        elif optim.schedule == "cosine":
+            decay_start = warmup
+        else:
+            decay_start = total_steps - max(1, int(optim.decay_fraction * total_steps))
+        rate = _decayed(step, decay_start, total_steps, peak, optim)
+    if 0 <= step - decay_start < stage2_warmup_steps:
+        rate *= (step - decay_start + 1) / stage2_warmup_steps
+    return rate
+
+
+def _decayed(step: int, decay_start: int, total_steps: int, peak: float, optim: OptimConfig) -> float:
     if step < decay_start:
         return peak
-    return peak - (peak - floor) * (step - decay_start) / max(1, total_steps - 1 - decay_start)
+    floor = peak * optim.min_lr_ratio
+    progress = (step - decay_start) / max(1, total_steps - 1 - decay_start)
+    if optim.schedule == "cosine":
+        return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return peak - (peak - floor) * progress
 
 
 @torch.no_grad()
-def evaluate(trained, rows: torch.Tensor, micro_batch_size: int, env) -> float:
-    """Mean held-out loss per token; each process evaluates its slice of the same rows."""
+def evaluate(trained, rows: torch.Tensor, micro_batch_size: int, env) -> dict:
+    """The mean held-out loss per token (`eval_loss`) and, at P > 1, how far apart the streams are on those
+    tokens (`stream_distance`, `weight_entropy`: models/stream_diversity.py); each process evaluates its slice
+    of the same rows."""
     per_process = rows.shape[0] // env.world_size
     mine = rows[env.rank * per_process:(env.rank + 1) * per_process]
     trained.eval()
     total = 0.0
-    for batch in mine.split(micro_batch_size):
-        total += trained(batch).item() * batch.shape[0]
+    with recording_stream_diversity(trained) as diversity:
+        for batch in mine.split(micro_batch_size):
+            total += trained(batch).item() * batch.shape[0]
     trained.train()
-    return distributed.all_sum([total], env)[0] / rows.shape[0]
+    if diversity is None:
+        return {"eval_loss": distributed.all_sum([total], env)[0] / rows.shape[0]}
+    total, distance, entropy, tokens = distributed.all_sum(
+        [total, diversity.distance_sum, diversity.entropy_sum, diversity.tokens], env)
+    return {"eval_loss": total / rows.shape[0], "stream_distance": distance / tokens, "weight_entropy": entropy / tokens}
 
 
 def _claim(run_dir: Path, config: TrainConfig, env) -> None:

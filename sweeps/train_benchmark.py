@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from .config import load_config
-from .launchers import cpu_cell_environment
+from .local_launcher import cpu_cell_environment
 from .tracking import read_metrics
 
 WARMUP_STEPS = 5

@@ -1,13 +1,13 @@
-"""Registers the sweep launchers of sweeps/launchers.py with Hydra.
+"""Registers the sweep launchers of sweeps/launchers.py (SLURM) and sweeps/local_launcher.py with Hydra.
 
 Hydra instantiates a launcher only if its class is defined in a module of the `hydra_plugins` namespace
 package (it discovers plugins by scanning that package), so this module names them there, and registers the
 SLURM launcher's typed settings (`parscale_slurm_schema`, which conf/hydra/launcher/parscale_slurm.yaml
-extends); the code lives in sweeps/launchers.py."""
+extends); the code lives in sweeps/."""
 
 from hydra.core.config_store import ConfigStore
 
-from sweeps import launchers
+from sweeps import launchers, local_launcher
 
 ConfigStore.instance().store(group="hydra/launcher", name="parscale_slurm_schema", node=launchers.PlannedSlurmConf(),
                              provider="parscale_sweeps")
@@ -17,5 +17,5 @@ class SlurmGridLauncher(launchers.SlurmGridLauncher):
     """SLURM job arrays per grid, each cell planned for its GPUs (see sweeps.launchers.SlurmGridLauncher)."""
 
 
-class LocalGridLauncher(launchers.LocalGridLauncher):
-    """Cells as local worker processes (see sweeps.launchers.LocalGridLauncher)."""
+class LocalGridLauncher(local_launcher.LocalGridLauncher):
+    """Cells as local worker processes (see sweeps.local_launcher.LocalGridLauncher)."""
