@@ -35,8 +35,10 @@ def check_choices(arguments: list[str]) -> None:
         if group in chosen and chosen[group] not in known:
             raise SystemExit(f"error: unknown {group} {chosen[group]!r}: choose one of {', '.join(known)} (conf/{group}/*.yaml)")
     try:
-        # Sweep overrides (key=a,b) are the sweeper's to expand: the grid composes without them.
-        fixed = [item for item in OverridesParser.create().parse_overrides(arguments) if not item.is_sweep_override()]
+        # A list of stage-2 fractions (stage2_fraction=a,b) is the sweeper's to expand: the grid composes without
+        # it. Other lists must be quoted scale settings (scale.sizes='a,b'), and composing says so.
+        fixed = [item for item in OverridesParser.create().parse_overrides(arguments)
+                 if not (item.is_sweep_override() and item.key_or_group == "stage2_fraction")]
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="launch", overrides=[item.input_line for item in fixed], return_hydra_config=True)
         sweep = {key: str(value) for key, value in cfg.hydra.sweeper.params.items()}

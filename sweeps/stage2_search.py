@@ -53,6 +53,10 @@ TRIALS: dict[str, dict] = {
     "lr10-wd0": {"stage2": ["optim.parscale_lr_scale=10", "optim.parscale_weight_decay=0"]},
     "std1-lr10-wd0": {"stage2": ["model.parscale_prefix_init_std=1.0", "optim.parscale_lr_scale=10",
                                  "optim.parscale_weight_decay=0"]},
+    # The aggregator breaks the streams' symmetry: random weights of a larger scale give each stream its own
+    # per-token weight from step 0, so each learns from other tokens; no smoothing lets it prefer one.
+    "aggregator-std0.2": {"stage2": ["stage2.aggregator_init=normal", "+model.initializer_range=0.2"]},
+    "smooth0": {"stage2": ["model.parscale_attn_smooth=0.0"]},
     # A longer prefix (the paper: 48 of 2048 tokens; the tiny grid: 4 of 64).
     "prefix16": {"stage2": ["model.parscale_n_tokens=16"]},
     # The stage-2 schedule: a short warm-up, and fresh AdamW moments with a warm-up back to the peak (close to

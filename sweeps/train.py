@@ -202,7 +202,10 @@ def _resume_or_start(config, trained, optimizer, checkpointer, batches, env, the
             set_state_dict(trained, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
         elapsed_before = meta["elapsed_s"]
     elif config.stage == 2:
-        stages.check_stage1_run(config)
+        try:
+            stages.check_stage1_run(config)
+        except stages.StageError as error:
+            raise ConfigError(str(error)) from None
         latest = stages.stage2_branch(config)
         meta = read_meta(latest)
         rank_state = stages.load_branch(trained, optimizer, checkpointer, latest, config.stage2.optimizer_state)
