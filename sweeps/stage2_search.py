@@ -135,8 +135,8 @@ def run_cell(trial: str, size: str, parscale_n: int, seed: int, tokens: int, wor
         "eval_loss_start": round(result["eval_loss_start"], 5),
         "recover_steps": recover_steps(metrics, control) if parscale_n > 1 and control else None,
         "loss": round(result["loss"], 5), "eval_loss": round(result["eval_loss"], 5),
-        **{key: round(result[key], 6) for key in ("stream_distance_start", "stream_distance", "weight_entropy_start",
-                                                  "weight_entropy") if key in result},
+        **{key: round(result[key], 6) if key in result else None
+           for key in ("stream_distance_start", "stream_distance", "weight_entropy_start", "weight_entropy")},
         **gains, "wall_s": round(wall_s, 1), "git_revision": git_revision(), "date": time.strftime("%Y-%m-%d"),
     }
 
@@ -144,6 +144,7 @@ def run_cell(trial: str, size: str, parscale_n: int, seed: int, tokens: int, wor
 def summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per trial, size and P > 1: the held-out loss minus P = 1's of the same seed, mean and spread, with the
     streams' distance at the end and the spike."""
+    table = table.drop_duplicates(["trial", "size", "P", "seed"])  # a cell run again returns its first row
     base = table[table.P == 1].set_index(["trial", "size", "seed"])["eval_loss"]
     rows = []
     for (trial, size, parscale_n), cells in table[table.P > 1].groupby(["trial", "size", "P"]):
@@ -186,9 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             for parscale_n in _ints(args.P):
                 row = run_cell(args.trial, size, parscale_n, seed, args.tokens, args.workdir)
                 pd.DataFrame([row]).to_csv(args.out, mode="a", header=not args.out.exists(), index=False)
+                distance = "" if row["stream_distance"] is None else f", stream distance {row['stream_distance']:.2e}"
                 print(f"{args.trial} {size} P={parscale_n} s{seed}: eval {row['eval_loss']:.4f} (start "
-                      f"{row['eval_loss_start']:.4f}) distance {row.get('stream_distance', float('nan')):.2e} "
-                      f"({row['wall_s']:.0f} s)", flush=True)
+                      f"{row['eval_loss_start']:.4f}){distance} ({row['wall_s']:.0f} s)", flush=True)
     return 0
 
 

@@ -32,7 +32,8 @@ ON_LOCAL_CLUSTER = [
 def launch(cwd: Path, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "sweeps.launch", *ON_LOCAL_CLUSTER, *overrides],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=venv_env(),
+        # One math thread per job: the jobs share this machine's cores with each other and the test.
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**venv_env(), "OMP_NUM_THREADS": "1"},
     )
 
 
@@ -125,3 +126,40 @@ def test_the_paper_grid_refuses_unprepared_hub_data_before_submitting(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "cell 0.5B-P1-s0" in lines[0] and "python -m sweeps.prepare data=pile" in lines[0]
     assert not (tmp_path / "multirun" / "pile-paper" / "jobs.json").exists()
+
+
+def test_two_stage_grid_stage2_waits_for_its_preempted_and_requeued_stage1(tmp_path):
+    import submitit
+
+    # 160 steps of 16 x 64 tokens, the last quarter stage 2: stage 1 trains 120 (no periodic checkpoint, so a
+    # resume can only start from the one saved on the signal); then the P = 1 and P = 2 stage 2s, 40 each.
+    overrides = ["+grid=pile", "scale=smoke", "scale.sizes=tiny-96", "tokens=163840", "stage2_fraction=0.25",
+                 "checkpoint_interval=100000", "eval_interval=100000"]
+    done = launch(tmp_path, *overrides)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "submitted 3 of 3 cells" in done.stdout and "stage-2 arrays wait for their stage-1 jobs" in done.stdout
+    sweep_dir = tmp_path / "multirun" / "pile-smoke"
+    jobs = json.loads((sweep_dir / "jobs.json").read_text())
+    stage1 = sweep_dir / "tiny-96-P1-s0-stage1"
+    wait_for(stage1 / "metrics.jsonl")
+    deadline = time.monotonic() + 120
+    while len(steps_of(stage1 / "metrics.jsonl")) < 10:
+        assert time.monotonic() < deadline, "stage 1 did not reach step 10"
+        time.sleep(0.2)
+    waiting = subprocess.run(["squeue", "-h", "-j", jobs["tiny-96-P2-s0-F0.25"], "-o", "%r"], capture_output=True, text=True)
+    assert waiting.stdout.strip() == "Dependency", waiting.stdout + waiting.stderr
+    # Preempted (what SLURM sends before a time limit): stage 1 saves, submitit requeues it, and it resumes.
+    submitit.SlurmJob(folder=sweep_dir / ".submitit" / "%j", job_id=jobs["tiny-96-P1-s0-stage1"])._interrupt(timeout=True)
+    for P in (1, 2):
+        wait_for(sweep_dir / f"tiny-96-P{P}-s0-F0.25" / "result.json", timeout=500)
+    assert steps_of(stage1 / "metrics.jsonl") == list(range(1, 121))  # no step lost, none repeated
+    assert [entry["outcome"] for entry in json.loads((stage1 / "attempts.json").read_text())] == ["stopped", "done"]
+    finished = (stage1 / "result.json").stat().st_mtime
+    for P in (1, 2):
+        cell = sweep_dir / f"tiny-96-P{P}-s0-F0.25"
+        attempts = json.loads((cell / "attempts.json").read_text())
+        assert len(attempts) == 1 and attempts[0]["started"] >= finished, "a stage-2 job started before stage 1 finished"
+        assert steps_of(cell / "metrics.jsonl") == list(range(121, 161))
+    report = subprocess.run([sys.executable, "-m", "sweeps.report", str(sweep_dir), "--bootstrap", "20"],
+                            capture_output=True, text=True, env=venv_env())
+    assert "3 done" in report.stdout and len(read_results(sweep_dir / "results.csv")) == 2
