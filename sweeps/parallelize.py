@@ -75,6 +75,15 @@ def set_gradient_sync(trained: nn.Module, sync: bool) -> None:
 
 
 @torch.no_grad()
+@torch.no_grad()
+def copy_full(param: nn.Parameter, value: torch.Tensor) -> None:
+    """Writes a full (unsharded) value, the same on every process, into a parameter, sharded or not."""
+    if isinstance(param, DTensor):
+        param.to_local().copy_(distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None).to_local())
+    else:
+        param.copy_(value)
+
+
 def materialize(trained: nn.Module, lm: nn.Module, device: torch.device, seed: int) -> None:
     """Allocates the (sharded) parameters of a model built on the meta device and initialises them with the
     model's own rules, independently of the number of processes (see the module docstring)."""
@@ -95,11 +104,6 @@ def materialize(trained: nn.Module, lm: nn.Module, device: torch.device, seed: i
             lm._init_weights(module)
         for key, param in sharded.items():
             module._parameters[key] = param
-            value = full[key]
-            if isinstance(param, DTensor):
-                value = distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None).to_local()
-                param.to_local().copy_(value)
-            else:
-                param.copy_(value)
+            copy_full(param, full[key])
             done.add(id(param))
     lm.tie_weights()

@@ -41,6 +41,7 @@ def report(sweep_dir: Path, n_bootstrap: int = 1000, seed: int = 0) -> bool:
     results_path = sweep_dir / "results.csv"
     write_results(table, results_path)
     print(f"  results table: {results_path} ({len(table)} runs)")
+    _print_streams(table, stream_ablations(sweep_dir))
     fractions = sorted(table["stage2_fraction"].unique()) if "stage2_fraction" in table.columns else [0.0]
     for fraction in fractions:
         if len(fractions) == 1:
@@ -108,6 +109,60 @@ def _print_summary(result, boot, table: pd.DataFrame) -> None:
             effects = "  ".join(f"P={int(row.P)}: {row.mean:+.4f} [{row.min:+.4f}, {row.max:+.4f}]"
                                 for row in rows.itertuples())
             print(f"    {size:<10} {effects}")
+
+
+ABLATION_P = 4
+ABLATION_MAX_PARAMS = 5e7  # evaluated here, on the CPU, from each cell's model/: small models only
+
+
+def stream_ablations(sweep_dir: Path) -> pd.DataFrame:
+    """What the streams and the aggregator of every finished P = 4 cell are worth at its end (the stream and
+    aggregator gains of models/stream_ablation.py on the cell's held-out rows): how much of P's effect is the
+    streams' diversity rather than their prefix slots. Written to stream_ablation.csv; empty for models
+    too large to evaluate on this machine."""
+    import torch
+    import transformers
+    from omegaconf import OmegaConf
+
+    from models import Qwen2ParScaleForCausalLM
+    from models.stream_ablation import stream_ablation
+
+    from .config import from_mapping
+    from .data import eval_batch, load_tokenizer
+
+    transformers.utils.logging.disable_progress_bar()
+    rows = []
+    for path in sorted(Path(sweep_dir).glob("*/result.json")):
+        result = json.loads(path.read_text())
+        if result.get("P") != ABLATION_P or result.get("total_params", 0) > ABLATION_MAX_PARAMS:
+            continue
+        config = from_mapping(OmegaConf.load(path.parent / "config.yaml"))
+        model = Qwen2ParScaleForCausalLM.from_pretrained(path.parent / "model")
+        with torch.inference_mode():
+            ablation = stream_ablation(model, eval_batch(config.data, load_tokenizer(config.data), config.seq_len,
+                                                         config.eval_sequences), config.micro_batch_size)
+        rows.append({"size": result["size"], "seed": result["seed"], "stage2_fraction": result.get("stage2_fraction", 0.0),
+                     "P": ABLATION_P, "stream_gain": ablation.stream_gain, "aggregator_gain": ablation.aggregator_gain})
+    table = pd.DataFrame(rows, columns=["size", "seed", "stage2_fraction", "P", "stream_gain", "aggregator_gain"])
+    if len(table):
+        table.to_csv(Path(sweep_dir) / "stream_ablation.csv", index=False)
+    return table
+
+
+def _print_streams(table: pd.DataFrame, ablations: pd.DataFrame) -> None:
+    """How far apart the streams ended (and started), and what they are worth, per P and size."""
+    if "stream_distance" not in table.columns or not table["stream_distance"].notna().any():
+        return
+    apart = table[table["P"] > 1].groupby("P")[["stream_distance_start", "stream_distance", "weight_entropy"]].mean()
+    print("  streams (mean over cells; distance = 1 - cosine of two streams' last hidden states, entropy 1 = uniform):")
+    for P, row in apart.iterrows():
+        print(f"    P={int(P)}: distance {row.stream_distance_start:.2e} at the start, {row.stream_distance:.2e} at the end; "
+              f"aggregator entropy {row.weight_entropy:.3f}")
+    if len(ablations):
+        gains = ablations.groupby("size", sort=False)[["stream_gain", "aggregator_gain"]].mean()
+        print(f"  what P = {ABLATION_P}'s streams are worth at the end (loss of the best single stream / of uniform "
+              "weights, minus the model's; stream_ablation.csv):")
+        print("    " + "  ".join(f"{size}: {row.stream_gain:+.4f} / {row.aggregator_gain:+.4f}" for size, row in gains.iterrows()))
 
 
 def paired_effects(table: pd.DataFrame) -> pd.DataFrame:

@@ -53,6 +53,10 @@ TRIALS: dict[str, dict] = {
     "lr10-wd0": {"stage2": ["optim.parscale_lr_scale=10", "optim.parscale_weight_decay=0"]},
     "std1-lr10-wd0": {"stage2": ["model.parscale_prefix_init_std=1.0", "optim.parscale_lr_scale=10",
                                  "optim.parscale_weight_decay=0"]},
+    # Each stream's prefix starts as the backbone's own keys and values of another training row's last tokens.
+    "activations": {"stage2": ["stage2.prefix_init=activations"]},
+    "activations-lr10-wd0": {"stage2": ["stage2.prefix_init=activations", "optim.parscale_lr_scale=10",
+                                        "optim.parscale_weight_decay=0"]},
     # The aggregator breaks the streams' symmetry: random weights of a larger scale give each stream its own
     # per-token weight from step 0, so each learns from other tokens; no smoothing lets it prefer one.
     "aggregator-std0.2": {"stage2": ["stage2.aggregator_init=normal", "+model.initializer_range=0.2"]},
@@ -69,8 +73,9 @@ TRIALS: dict[str, dict] = {
     "F0.4": {"fraction": 0.4},
     # Depth: the paper's prefixes act in 36 layers, the tiny grid's in 2.
     "depth6": {"backbone": ["model.num_hidden_layers=6"]},
-    "depth6-lr10-wd0": {"backbone": ["model.num_hidden_layers=6"],
-                        "stage2": ["optim.parscale_lr_scale=10", "optim.parscale_weight_decay=0"]},
+    "depth6-std1-lr10-wd0": {"backbone": ["model.num_hidden_layers=6"],
+                             "stage2": ["model.parscale_prefix_init_std=1.0", "optim.parscale_lr_scale=10",
+                                        "optim.parscale_weight_decay=0"]},
 }
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 BRANCHES = "branches"
 STAGES = (0, 1, 2)
-PREFIX_INITS = ("normal", "zero-values")
+PREFIX_INITS = ("normal", "zero-values", "activations")
 AGGREGATOR_INITS = ("uniform", "normal")
 OPTIMIZER_STATES = ("carry", "reset")
 
@@ -38,7 +38,9 @@ class Stage2Config:
     """How a stage-2 run starts (the defaults and why: docs/two-stage.md); other runs ignore it."""
 
     # normal: keys and values drawn from N(0, model.parscale_prefix_init_std^2), independently per stream;
-    # zero-values: keys drawn so, values 0, so the prefix adds nothing to a layer's output at step 0.
+    # zero-values: keys drawn so, values 0, so the prefix adds nothing to a layer's output at step 0;
+    # activations: the backbone's own keys and values (before the rotary embedding) of the last tokens of a
+    # training row, another row per stream: each stream starts as if it had read a different context.
     prefix_init: str = "normal"
     # uniform: the aggregator's output layer starts at 0, every stream weighing exactly 1 / P at step 0;
     # normal: like every Linear of the backbone, N(0, initializer_range^2).
@@ -166,7 +168,8 @@ def suffix(stage: int, fraction: float) -> str:
 
 
 def init_new_parameters(lm, stage2: Stage2Config) -> None:
-    """After the model's own initialisation: the stage-2 starts of the prefixes' values and the aggregator."""
+    """After the model's own initialisation: the stage-2 starts of the prefixes' values and the aggregator
+    (the `activations` start needs the trained backbone and data: `init_prefixes_from_activations`)."""
     import torch
 
     if lm.config.parscale_n == 1:
@@ -178,6 +181,41 @@ def init_new_parameters(lm, stage2: Stage2Config) -> None:
         if stage2.aggregator_init == "uniform":
             for param in lm.model.aggregate_layer[-1].parameters():
                 param.zero_()
+
+
+def init_prefixes_from_activations(trained, rows) -> None:
+    """Stage 2's `activations` start: stream i's prefix in every layer becomes the keys and values the loaded
+    backbone computes for the last n tokens of row i of `rows` (P rows, the same on every process)."""
+    import torch
+
+    from .parallelize import copy_full
+
+    model = trained.model  # the ParScale model (decoder layers and aggregator) inside the trained module
+    n_streams, n_tokens = model.config.parscale_n, model.config.parscale_n_tokens
+    captured = {}
+
+    def keep(name):
+        def hook(module, inputs, output):
+            captured[name] = output
+        return hook
+
+    attentions = [layer.self_attn for layer in model.layers]
+    handles = [projection.register_forward_hook(keep((index, kind))) for index, attention in enumerate(attentions)
+               for kind, projection in (("k", attention.k_proj), ("v", attention.v_proj))]
+    try:
+        with torch.no_grad():
+            was_training = trained.training
+            trained.eval()
+            trained(rows[:n_streams])
+            trained.train(was_training)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for index, attention in enumerate(attentions):
+        for kind, param in (("k", attention.prefix_k), ("v", attention.prefix_v)):
+            # (P * B rows, T, kv_heads * d): stream 0's rows read row b of `rows`; take row i for stream i.
+            states = captured[(index, kind)][:n_streams, -n_tokens:].unflatten(-1, (param.shape[1], param.shape[3]))
+            copy_full(param, states.permute(0, 2, 1, 3).to(param.dtype).contiguous())
 
 
 def load_branch(trained, optimizer, checkpointer, branch: Path, optimizer_state: str) -> dict:

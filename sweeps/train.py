@@ -209,6 +209,12 @@ def _resume_or_start(config, trained, optimizer, checkpointer, batches, env, the
         latest = stages.stage2_branch(config)
         meta = read_meta(latest)
         rank_state = stages.load_branch(trained, optimizer, checkpointer, latest, config.stage2.optimizer_state)
+        if config.stage2.prefix_init == "activations" and config.parscale_n > 1:
+            # Rows from the start of the run's order (stage 1 trained on them), read before the data position
+            # is set, so that streamed data is still read in order.
+            steps = -(-config.parscale_n // config.global_batch_size)
+            rows = torch.cat([batches.batch(step, 0, config.global_batch_size) for step in range(steps)])
+            stages.init_prefixes_from_activations(trained, rows.to(env.device))
         elapsed_before = 0.0  # the stage-2 run's own time; stage 1's is in its row
     else:
         return 0, 0.0, 0.0

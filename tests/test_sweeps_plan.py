@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,27 @@ def test_dry_run_plans_all_24_paper_cells_within_the_gpu(tmp_path, grid):
     assert (tmp_path / "sweep" / "plan.md").read_text().count("| 4.4B-P8-s0 |") == 1
     assert "4.4B-P8-s0" in done.stdout and "nothing submitted" in done.stdout
     assert not (tmp_path / "sweep" / "sweep.json").exists()  # a dry run leaves no manifest
+
+
+def test_the_two_stage_paper_plan_costs_at_most_a_quarter_of_from_scratch(tmp_path):
+    """One dry run plans both stages and prices the same 24 cells from scratch beside them (H100-80GB)."""
+    done = dry_run(tmp_path, "+grid=pile", "stage2_fraction=0.1")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    plan = json.loads((tmp_path / "sweep" / "plan.json").read_text())
+    stage1 = [cell for cell in plan if cell["cell"].endswith("-stage1")]
+    assert len(plan) == 30 and len(stage1) == 6 and all(cell["P"] == 1 for cell in stage1)
+    # 42B tokens in 20,027 steps of 1024 x 2048: stage 1 trains 18,025, each stage 2 the other 2,002.
+    assert {cell["total_steps"] for cell in stage1} == {18025}
+    assert {cell["total_steps"] for cell in plan if cell not in stage1} == {2002}
+    match = re.search(r"two stages: ([\d,]+) GPU-hours .* from scratch: ([\d,]+) GPU-hours \((\d\.\d+)x\)", done.stdout)
+    two_stages, scratch = (float(match.group(i).replace(",", "")) for i in (1, 2))
+    assert two_stages <= scratch / 4 and float(match.group(3)) == pytest.approx(two_stages / scratch, abs=0.01)
+    assert "from scratch" in (tmp_path / "sweep" / "plan.md").read_text()
+    # The price of "from scratch" is the one-stage grid's own plan.
+    (tmp_path / "scratch").mkdir()
+    assert dry_run(tmp_path / "scratch", "+grid=pile").returncode == 0
+    one_stage = json.loads((tmp_path / "scratch" / "sweep" / "plan.json").read_text())
+    assert scratch == pytest.approx(sum(cell["gpu_hours"] for cell in one_stage), abs=1)
 
 
 def test_a_cell_that_cannot_fit_stops_the_grid_with_one_line(tmp_path):
