@@ -172,7 +172,8 @@ def streams_for_multiplier(result: FitResult, factors: Sequence[float] = MATCH_F
     if boot is not None:
         samples = np.array([needed(params) for params in boot.samples[list(result.params)].to_dict("records")])
         tail = (1 - boot.level) / 2 * 100
-        out["low"], out["high"] = np.percentile(samples, [tail, 100 - tail], axis=0)
+        # Sample values, not interpolations between them: a P no resample reaches is inf, and inf - inf is not.
+        out["low"], out["high"] = np.percentile(samples, [tail, 100 - tail], axis=0, method="inverted_cdf")
     largest = float(result.residuals["P"].max()) if "P" in result.residuals else math.inf
     out["extrapolated"] = out["P"] > largest
     return out
