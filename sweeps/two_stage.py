@@ -64,11 +64,10 @@ def expand(jobs: list[list[str]], compose: Callable, sweep_dir: Path) -> list[St
         staged.append(StagedJob(list(overrides), stage=2, after=tuple(base)))
     first = []
     for group in stage1s.values():
-        fractions = sorted(group.fractions)
-        overrides = [*group.base, f"stage2_fraction={fractions[0]}", f"branch_fractions=[{','.join(map(str, fractions[1:]))}]"]
-        group.name = str(compose(overrides).hydra.sweep.subdir)
+        group.name = str(compose(_stage1_overrides(group.base, group.fractions)).hydra.sweep.subdir)
         group.run_dir = (Path(sweep_dir) / group.name).resolve()
-        first.append(StagedJob(overrides, stage=1))
+        fractions = _kept_fractions(group.run_dir, group.fractions)
+        first.append(StagedJob(_stage1_overrides(group.base, fractions), stage=1))
     names = [group.name for group in stage1s.values()]
     if len(set(names)) < len(names):
         duplicate = next(name for name in names if names.count(name) > 1)
@@ -80,6 +79,29 @@ def expand(jobs: list[list[str]], compose: Callable, sweep_dir: Path) -> list[St
             job.overrides = [*job.overrides, "stage=2", f"init_from={group.run_dir}"]
             job.after = group.name
     return first + staged
+
+
+def _stage1_overrides(base: list[str], fractions) -> list[str]:
+    fractions = sorted(fractions)
+    return [*base, f"stage2_fraction={fractions[0]}", f"branch_fractions=[{','.join(map(str, fractions[1:]))}]"]
+
+
+def _kept_fractions(run_dir: Path, wanted: set[float]) -> set[float]:
+    """The stage-2 fractions of the stage-1 run already in `run_dir` if it feeds every one wanted now (a
+    relaunch with fewer, or with more P at the same fractions, reuses it), else the ones wanted."""
+    from omegaconf import OmegaConf
+
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        return wanted
+    config = OmegaConf.load(saved)
+    kept = {float(config.stage2_fraction), *map(float, config.branch_fractions)}
+    if not wanted <= kept:
+        raise ValueError(
+            f"the stage-1 cell {run_dir.name} keeps checkpoints for stage2_fraction {sorted(kept)}, not "
+            f"{sorted(wanted - kept)}; launch those fractions in a new sweep directory (hydra.sweep.dir=...)"
+        )
+    return kept
 
 
 def from_scratch(config):

@@ -82,6 +82,13 @@ def test_a_boundary_sweep_shares_one_stage1_per_size_and_fits_each_fraction(tmp_
         assert (sweep_dir / f"F{fraction}" / "fit.json").exists(), fraction
     assert "stage2_fraction=0.25:" in done.stdout and "stage2_fraction=0.5:" in done.stdout
 
+    # More P at one of its fractions reuses the stage-1 cells; a fraction they did not keep is refused.
+    more = launch(tmp_path, *SMOKE, "stage2_fraction=0.25", "scale.P='1,4'")
+    assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
+    assert "6 cells done, 3 to run" in more.stdout and len(read_results(sweep_dir / "results.csv")) == 15
+    other = launch(tmp_path, *SMOKE, "stage2_fraction=0.3")
+    assert other.returncode == 2 and "keeps checkpoints for stage2_fraction [0.25, 0.5], not [0.3]" in other.stderr
+
 
 def test_a_failed_stage1_blocks_its_stage2_cells(tmp_path):
     overrides = [*SMOKE, "scale.sizes=tiny-32", "optim.lr=1e30", "optim.warmup_fraction=0", "sweep.max_failures=1",
