@@ -1,4 +1,4 @@
-# The two Quick start commands: `make demo` (the main job: the tiny Pile grid, trained, fitted and
+# The two Quick start commands: `make demo` (the main job: the tiny Pile grid in two stages, trained, fitted and
 # drawn on this machine) and `make test` (the suite).
 # Each creates .venv on first use. torch is installed first, pinned to the CPU build that
 # these machines carry, only when the interpreter has none; cluster users bring their own.
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m sweeps.launch +grid=pile scale=tiny
+	$(PY) -m sweeps.launch +grid=pile scale=tiny-two-stage
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -100,6 +100,7 @@ def _print_summary(result, boot, table: pd.DataFrame) -> None:
             verdict = f"P = {', '.join(map(str, helped))} beat P = {base}"
         losses = "  ".join(f"P={int(P)}: {loss:.4f}" for P, loss in by_P.items())
         print(f"    {size:<10} {losses}   {verdict}")
+    print(f"  {_parameter_overhead(table)}")
     if table["seed"].nunique() > 1:
         # What a difference between two cells has to beat: the largest spread of one cell over its seeds.
         spread = table.groupby(["size", "P"])["loss"].agg(lambda loss: loss.max() - loss.min())
@@ -163,6 +164,15 @@ def _print_streams(table: pd.DataFrame, ablations: pd.DataFrame) -> None:
         print(f"  what P = {ABLATION_P}'s streams are worth at the end (loss of the best single stream / of uniform "
               "weights, minus the model's; stream_ablation.csv):")
         print("    " + "  ".join(f"{size}: {row.stream_gain:+.4f} / {row.aggregator_gain:+.4f}" for size, row in gains.iterrows()))
+
+
+def _parameter_overhead(table: pd.DataFrame) -> str:
+    """One line: how many parameters the largest P adds (prefixes and aggregator), which the law counts in N."""
+    params = table.groupby(["size", "P"])["params"].mean().unstack("P").sort_index(axis=1)
+    smallest, largest = params.columns[0], params.columns[-1]
+    added = (params[largest] / params[smallest] - 1).dropna()
+    return (f"(P = {int(largest)}'s prefixes and aggregator add {added.min():.1%} to {added.max():.1%} to N over P = "
+            f"{int(smallest)}; the law counts them, as the paper does, so k > 0 needs P to gain more than that much N)")
 
 
 def paired_effects(table: pd.DataFrame) -> pd.DataFrame:
