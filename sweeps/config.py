@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -20,7 +21,11 @@ from omegaconf.errors import OmegaConfBaseException
 from . import stages
 from .stages import Stage2Config
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# The `conf` package: the checkout's conf/, or its copy in an installed wheel. A Path, since Hydra reads a directory.
+try:
+    CONF_DIR = Path(resources.files("conf"))
+except ModuleNotFoundError:  # an editable install made before conf/ became a package does not map it
+    raise ImportError("no `conf` package of Hydra configs: reinstall the toolkit (pip install -e . in the checkout)") from None
 # `${stage_suffix:${stage},${stage2_fraction}}` in conf/: what a run directory's name adds for its stage.
 OmegaConf.register_new_resolver("stage_suffix", stages.suffix, replace=True)
 

@@ -37,10 +37,10 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from importlib import resources
 
 GIB = 2**30
-CALIBRATION_FILE = Path(__file__).with_name("memory_calibration.json")
+CALIBRATION_FILE = "memory_calibration.json"  # package data of sweeps, written by sweeps/calibrate_memory.py
 FRAGMENTATION = 0.10
 WORKSPACE_BYTES = 0.5 * GIB
 STATE_BYTES_PER_PARAM = 16  # fp32 parameter, fp32 gradient, two fp32 AdamW moments
@@ -109,7 +109,7 @@ class Layout:
 
 @functools.lru_cache(maxsize=1)
 def calibration() -> dict:
-    return json.loads(CALIBRATION_FILE.read_text())
+    return json.loads(resources.files(__package__).joinpath(CALIBRATION_FILE).read_text())
 
 
 def layer_bytes_per_token(size: str, shape: Shape) -> float:
