@@ -95,7 +95,7 @@ class ModelShape:
     tied_embeddings: bool = True
 
     @classmethod
-    def from_config(cls, config) -> "ModelShape":
+    def from_config(cls, config) -> ModelShape:
         """From a ``Qwen2ParScaleConfig`` (or anything with its field names)."""
         return cls(
             hidden_size=config.hidden_size,
@@ -109,7 +109,7 @@ class ModelShape:
         )
 
     @classmethod
-    def from_size(cls, size: str, **overrides) -> "ModelShape":
+    def from_size(cls, size: str, **overrides) -> ModelShape:
         """A named size of ``models`` ("1.6B", "tiny-96", ...); ``overrides`` set config fields."""
         return cls.from_config(parscale_config(size, **overrides))
 

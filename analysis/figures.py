@@ -35,7 +35,15 @@ from matplotlib.lines import Line2D
 from parscale_law import DATASETS, FitResult, bootstrap, fit, heldout_checks, load_published, prepare, read_results
 
 from . import cost, tables
-from .equivalence import P_values, equivalence, form_multipliers, multiplier_vs_params, panels, runs_of, streams_to_match
+from .equivalence import (
+    P_values,
+    equivalence,
+    form_multipliers,
+    multiplier_vs_params,
+    panels,
+    runs_of,
+    streams_to_match,
+)
 from .style import (
     PARALLEL_SCALING_COLOUR,
     PARAMETER_SCALING_COLOUR,

@@ -32,7 +32,17 @@ from parscale_law import DATASETS, BootstrapResult, FitResult, ParScaleLaw, boot
 
 from . import cost
 from .gpus import GPUSpec, get_gpu, gpu_names
-from .style import SAVE_DPI, P_colour, P_label, P_marker, P_marker_size, format_params, log_params_axis, new_figure, paper_style
+from .style import (
+    SAVE_DPI,
+    P_colour,
+    P_label,
+    P_marker,
+    P_marker_size,
+    format_params,
+    log_params_axis,
+    new_figure,
+    paper_style,
+)
 
 DEFAULT_P = (1, 2, 4, 8, 16)
 DEFAULT_GPU = "A100-80GB"

@@ -15,8 +15,8 @@ max allocated bytes over the timed calls; CPUs have no allocator peak counter, s
 import argparse
 import json
 import time
-from pathlib import Path
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from transformers import CompileConfig

@@ -154,7 +154,7 @@ class FitResult:
         return text
 
     @classmethod
-    def from_json(cls, text_or_path: str | Path, form: Form | None = None) -> "FitResult":
+    def from_json(cls, text_or_path: str | Path, form: Form | None = None) -> FitResult:
         """Read a result back; pass ``form`` for a custom form (built-in ones are found by name)."""
         text = str(text_or_path)
         if not text.lstrip().startswith("{"):

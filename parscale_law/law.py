@@ -26,7 +26,7 @@ class ParScaleLaw:
     k: float
 
     @classmethod
-    def from_A_prime(cls, E: float, A_prime: float, alpha: float, k: float) -> "ParScaleLaw":
+    def from_A_prime(cls, E: float, A_prime: float, alpha: float, k: float) -> ParScaleLaw:
         return cls(E=E, A=A_prime ** (1.0 / alpha), alpha=alpha, k=k)
 
     @property

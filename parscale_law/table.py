@@ -88,7 +88,7 @@ class FitData:
     sizes: np.ndarray | None = None
     cells: np.ndarray | None = None
 
-    def with_loss(self, loss: np.ndarray) -> "FitData":
+    def with_loss(self, loss: np.ndarray) -> FitData:
         """The same runs with other losses (a parametric bootstrap's simulated ones)."""
         return replace(self, loss=np.asarray(loss, dtype=float))
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -62,23 +62,23 @@ class ConfigError(ValueError):
 class DataConfig:
     name: str  # the `dataset` column of the results table, e.g. "pile"
     source: str  # one of DATA_SOURCES
-    path: Optional[str] = None  # hub: a `datasets.load_dataset` path (hub name, or "json"/"text" for local files)
-    config_name: Optional[str] = None
-    data_dir: Optional[str] = None
+    path: str | None = None  # hub: a `datasets.load_dataset` path (hub name, or "json"/"text" for local files)
+    config_name: str | None = None
+    data_dir: str | None = None
     data_files: Any = None
     train_split: str = "train"
-    eval_split: Optional[str] = None  # None: hold out `holdout_fraction` of train_split by document hash
+    eval_split: str | None = None  # None: hold out `holdout_fraction` of train_split by document hash
     holdout_fraction: float = 0.01
     text_field: str = "text"
     tokenizer: str = "bytes"  # "bytes" (the tiny models' vocabulary) or an AutoTokenizer name or directory
-    blob_store: Optional[str] = None  # rows carry Software Heritage blob ids; contents from here (sweeps/documents.py)
-    prepared: Optional[str] = None  # a directory written by `python -m sweeps.prepare`: train from its token files
+    blob_store: str | None = None  # rows carry Software Heritage blob ids; contents from here (sweeps/documents.py)
+    prepared: str | None = None  # a directory written by `python -m sweeps.prepare`: train from its token files
 
 
 @dataclass
 class OptimConfig:
     lr: float = 3e-3  # peak learning rate, unless lr_by_size names the model's size
-    lr_by_size: Dict[str, float] = field(default_factory=dict)
+    lr_by_size: dict[str, float] = field(default_factory=dict)
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
@@ -89,21 +89,21 @@ class OptimConfig:
     decay_fraction: float = 0.2  # wsd only: the final fraction of steps decays linearly to min_lr_ratio
     min_lr_ratio: float = 0.1  # final learning rate / peak
     parscale_lr_scale: float = 1.0  # the prefixes' and aggregator's learning rate / the backbone's
-    parscale_weight_decay: Optional[float] = None  # on the prefixes and aggregator's matrices; None: weight_decay
+    parscale_weight_decay: float | None = None  # on the prefixes and aggregator's matrices; None: weight_decay
 
 
 @dataclass
 class WandbConfig:
     mode: str = "offline"  # one of WANDB_MODES
     project: str = "parscale"
-    group: Optional[str] = None  # the grid
-    name: Optional[str] = None  # the cell
+    group: str | None = None  # the grid
+    name: str | None = None  # the cell
     init_timeout_s: float = 60.0
 
 
 @dataclass
 class TrainConfig:
-    model: Dict[str, Any]  # a conf/model/*.yaml mapping (see models.config_from_mapping)
+    model: dict[str, Any]  # a conf/model/*.yaml mapping (see models.config_from_mapping)
     data: DataConfig
     run_dir: str  # everything is written here; a restart resumes from the checkpoint here
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -127,14 +127,14 @@ class TrainConfig:
     strategy: str = "auto"  # one of STRATEGIES; auto: ddp below fsdp_min_params total parameters, else fsdp
     fsdp_min_params: float = 1e9
     activation_checkpointing: bool = False  # per decoder block
-    compile: Optional[bool] = None  # torch.compile per decoder block; None: on CUDA only
+    compile: bool | None = None  # torch.compile per decoder block; None: on CUDA only
     attn_implementation: str = "sdpa"  # one of ATTENTION
     loss_chunk_tokens: int = 4096  # tokens per chunk of the cross-entropy (the logits never exist whole)
-    init_from: Optional[str] = None  # stage 2: its stage-1 run dir; stage 0: a finished P = 1 run or Qwen2 checkpoint dir
+    init_from: str | None = None  # stage 2: its stage-1 run dir; stage 0: a finished P = 1 run or Qwen2 checkpoint dir
     freeze_backbone: bool = False  # two-stage: train only the prefixes and the aggregator
     stage: int = 0  # two-stage training (sweeps/stages.py): 0 one stage; 1 the P = 1 backbone; 2 streams added to it
     stage2_fraction: float = 0.0  # the last fraction of `tokens` that is stage 2 (0: one stage)
-    branch_fractions: List[float] = field(default_factory=list)  # stage 1: further stage2_fraction values it feeds
+    branch_fractions: list[float] = field(default_factory=list)  # stage 1: further stage2_fraction values it feeds
     stage2: Stage2Config = field(default_factory=Stage2Config)
 
     @property
@@ -169,7 +169,7 @@ def from_mapping(mapping) -> TrainConfig:
     return config
 
 
-def load_config(overrides: List[str] = ()) -> TrainConfig:
+def load_config(overrides: list[str] = ()) -> TrainConfig:
     """The config that `python -m sweeps.train OVERRIDES` would run, for notebooks and tests. `run_dir=PATH`
     is required here (the app takes it from Hydra's run dir)."""
     from hydra import compose, initialize_config_dir

@@ -18,8 +18,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import CONF_DIR, ConfigError, _one_line, check_group_choices
 from .cells import cell_config
+from .config import CONF_DIR, ConfigError, _one_line, check_group_choices
 from .run_cell import requeue_slurm_job, run_cell
 
 

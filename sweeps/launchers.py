@@ -27,9 +27,9 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
@@ -43,7 +43,6 @@ from . import stages, two_stage
 from .cells import MANIFEST, Cell, Manifest, cell_config, read_cell
 from .checkpoint import atomic_write_text
 from .config import ConfigError, TrainConfig, differences, from_mapping, identity, run_id
-
 
 JOBS_FILE = "jobs.json"
 CELL_CONFIGS = ".cells"
@@ -158,19 +157,19 @@ class PlannedSlurmConf(SlurmQueueConf):
 
     _target_: str = "hydra_plugins.parscale_sweeps.SlurmGridLauncher"
     gpu: str = "H100-80GB"  # A100-40GB, A100-80GB, H100-80GB, H200-141GB, or any name analysis.gpus knows
-    gpu_mem_gb: Optional[float] = None  # overrides the GPU's memory (decimal GB)
-    gpus_per_node: Optional[int] = 8  # GPUs in one node of the partition; 0: CPU-only cells, nothing planned
+    gpu_mem_gb: float | None = None  # overrides the GPU's memory (decimal GB)
+    gpus_per_node: int | None = 8  # GPUs in one node of the partition; 0: CPU-only cells, nothing planned
     max_nodes: int = 8  # most nodes one cell may use
     mfu: float = 0.4  # assumed fraction of peak bf16 FLOP/s the training reaches
     target_hours: float = 72.0  # wall time a cell should finish in; cells get GPUs until they do
     startup_min: float = 10.0  # per attempt: queue start, model build, compile, checkpoint load
     checkpoint_write_gbps: float = 1.0  # per GPU, to the shared file system
     filesystem_gbps: float = 20.0  # all writers together
-    timeout_min: Optional[int] = None  # per attempt; null: the partition's limit (2880 if sinfo gives none)
-    nodes: Optional[int] = None
-    tasks_per_node: Optional[int] = None
-    signal_delay_s: Optional[int] = None
-    max_num_timeout: Optional[int] = None
+    timeout_min: int | None = None  # per attempt; null: the partition's limit (2880 if sinfo gives none)
+    nodes: int | None = None
+    tasks_per_node: int | None = None
+    signal_delay_s: int | None = None
+    max_num_timeout: int | None = None
 
 
 PLANNER_KEYS = ("gpu", "gpu_mem_gb", "max_nodes", "mfu", "target_hours", "startup_min", "checkpoint_write_gbps",

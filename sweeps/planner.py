@@ -51,7 +51,7 @@ class Hardware:
     filesystem_gbps: float
 
     @classmethod
-    def from_settings(cls, settings: dict, timeout_min: float) -> "Hardware":
+    def from_settings(cls, settings: dict, timeout_min: float) -> Hardware:
         from analysis.gpus import get_gpu
 
         spec = get_gpu(settings["gpu"])

@@ -64,7 +64,7 @@ class Shape:
     aggregator_matrix_params: int
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shape_of(size: str, parscale_n: int, overrides: tuple = ()) -> Shape:
     """A model size's shape and parameter counts, counted on the meta device (nothing allocated)."""
     import torch
@@ -130,7 +130,7 @@ def outside_bytes_per_token(size: str, shape: Shape) -> float:
     return entry["P1"] if shape.parscale_n == 1 else entry["base"] + entry["per_stream"] * shape.parscale_n
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _width_fit(quantity: str):
     import numpy as np
 

@@ -50,8 +50,26 @@ from models.stream_diversity import recording_stream_diversity
 
 from . import distributed, parallelize, stages
 from .build import build_optimizer, build_trained, model_config, resolve_strategy
-from .checkpoint import Checkpointer, PreemptionGuard, atomic_write_text, latest_checkpoint, read_meta, replace_directory
-from .config import CONF_DIR, ConfigError, OptimConfig, TrainConfig, check, check_group_choices, differences, from_mapping, identity, run_id
+from .checkpoint import (
+    Checkpointer,
+    PreemptionGuard,
+    atomic_write_text,
+    latest_checkpoint,
+    read_meta,
+    replace_directory,
+)
+from .config import (
+    CONF_DIR,
+    ConfigError,
+    OptimConfig,
+    TrainConfig,
+    check,
+    check_group_choices,
+    differences,
+    from_mapping,
+    identity,
+    run_id,
+)
 from .data import eval_batch, load_tokenizer, training_batches
 from .tracking import MetricsLog, WandbLogger, git_revision, progress_line
 

@@ -8,7 +8,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.cost import ModelShape, averaged_cost, compare_scaling, inference_cost, main, shape_for_params, training_flops
+from analysis.cost import (
+    ModelShape,
+    averaged_cost,
+    compare_scaling,
+    inference_cost,
+    main,
+    shape_for_params,
+    training_flops,
+)
 from analysis.gpus import ALIASES, GPUS, get_gpu, gpu_names
 from models import count_parameters, parscale_config
 from models.sizes import PAPER_SIZES

@@ -2,13 +2,22 @@ import numpy as np
 import pytest
 
 from parscale_law import (
-    SCHEMES, InvalidTableError, ParScaleLaw, UnknownNameError, bootstrap, fit, holdout, load_published, rollout, simulate,
+    SCHEMES,
+    InvalidTableError,
+    ParScaleLaw,
+    UnknownNameError,
+    bootstrap,
+    fit,
+    holdout,
+    load_published,
+    rollout,
+    simulate,
 )
 from parscale_law.coverage import coverage
+from parscale_law.forms import FORMS
 from parscale_law.holdout import heldout_metrics
 from parscale_law.resample import row_counts, variance_components
 from parscale_law.table import prepare
-from parscale_law.forms import FORMS
 
 TRUE = ParScaleLaw(E=1.5, A=4e7, alpha=0.22, k=0.45)
 GRID_N = np.geomspace(5e7, 5e9, 6)

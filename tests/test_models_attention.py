@@ -7,9 +7,10 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
-from test_models_reference import reference_logits
 
 from models import Qwen2ParScaleForCausalLM, attention, parscale_config
+
+from test_models_reference import reference_logits
 
 
 def tiny_config(parscale_n, **overrides):

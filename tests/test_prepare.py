@@ -19,6 +19,7 @@ from sweeps.prepare import main as prepare_main
 from sweeps.prepare import prepare
 from sweeps.prepared import MANIFEST, check_prepared, open_split, read_manifest
 from sweeps.train import train
+
 from data_helpers import bpe_tokenizer, jsonl_data
 from train_helpers import tiny_config, write_corpus
 

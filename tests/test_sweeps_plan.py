@@ -79,7 +79,7 @@ def test_a_cell_that_cannot_fit_stops_the_grid_with_one_line(tmp_path):
     assert not (tmp_path / "sweep" / "plan.json").exists()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _paper_size(size: str, run_dir: str):
     return load_config([f"model={size}", "seq_len=2048", "global_batch_size=1024", "micro_batch_size=1",
                         "precision=bf16", "tokens=42000000000", f"run_dir={run_dir}"])

@@ -13,6 +13,7 @@ import pytest
 from sweeps.checkpoint import latest_checkpoint
 from sweeps.tracking import read_metrics
 from sweeps.train import train
+
 from train_helpers import REPO, child_env, tiny_config, tiny_overrides
 
 STEPS = 12

@@ -19,6 +19,7 @@ from sweeps.checkpoint import latest_checkpoint, read_meta
 from sweeps.config import ConfigError, run_id
 from sweeps.tracking import read_metrics
 from sweeps.train import train
+
 from train_helpers import REPO, child_env, corpus_overrides, tiny_config, tiny_overrides, write_corpus
 
 # The result.json of the golden_run config below, run once with torch 2.13.0+cpu and transformers 5.25 on one

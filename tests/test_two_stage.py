@@ -16,6 +16,7 @@ from sweeps.config import ConfigError, OptimConfig
 from sweeps.stages import branch_dir
 from sweeps.tracking import read_metrics
 from sweeps.train import learning_rate, train
+
 from train_helpers import REPO, child_env, corpus_overrides, tiny_config, tiny_overrides, write_corpus
 
 STEPS = 40  # of 4 x 32 tokens; stage 2 is the last quarter (10 steps), branches also at the last half

@@ -11,6 +11,7 @@ import pytest
 
 from parscale_law import read_results
 from sweeps.stages import branch_dir
+
 from test_sweeps_local import FAST, launch, run_module
 
 SMOKE = ["+grid=pile", "scale=smoke", *FAST]

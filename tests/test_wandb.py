@@ -13,11 +13,13 @@ import time
 
 import pytest
 
-from sweeps.collect import collect_wandb, collect_wandb_files, main as collect_main, rows_from_wandb
+from sweeps.collect import collect_wandb, collect_wandb_files, rows_from_wandb
+from sweeps.collect import main as collect_main
 from sweeps.config import WandbConfig, run_id
 from sweeps.tracking import MetricsLog, WandbLogger, read_metrics
 from sweeps.train import train
 from sweeps.wandb_files import read_runs
+
 from train_helpers import REPO, child_env, tiny_config, tiny_overrides
 
 wandb = pytest.importorskip("wandb")

@@ -29,7 +29,15 @@ from pathlib import Path
 
 from llm_analysis.analysis import BYTES_FP16, LLMAnalysis, ModelConfig, get_gpu_config_by_name
 
-from models.sizes import MAX_POSITION_EMBEDDINGS, NUM_ATTENTION_HEADS, NUM_KEY_VALUE_HEADS, NUM_LAYERS, PAPER_SIZES, PREFIX_TOKENS, VOCAB_SIZE
+from models.sizes import (
+    MAX_POSITION_EMBEDDINGS,
+    NUM_ATTENTION_HEADS,
+    NUM_KEY_VALUE_HEADS,
+    NUM_LAYERS,
+    PAPER_SIZES,
+    PREFIX_TOKENS,
+    VOCAB_SIZE,
+)
 
 OUTPUT = Path(__file__).with_name("llm_analysis.csv")
 GPU, FLOP_EFFICIENCY, HBM_EFFICIENCY = "a100-sxm-80gb", 0.7, 0.9
