@@ -143,7 +143,7 @@ def multiplier_vs_params(result: FitResult, boot=None, table: pd.DataFrame | Non
             constant = float(result.multiplier(np.array([P]))[0])
             ax.plot(span, [constant, constant], color=colour, lw=1, ls="--", gid=f"fitted P={P:g}")
             if boot is not None:
-                low, high = _band(boot, result, lambda params: float(result.law_form.multiplier(params, np.array([P]))[0]))
+                low, high = _band(boot, result, lambda params, P=P: float(result.law_form.multiplier(params, np.array([P]))[0]))
                 ax.fill_between(span, [low, low], [high, high], color=colour, alpha=0.15, lw=0, gid=f"band P={P:g}")
         ax.axhline(1.0, color="grey", lw=0.6)
         log_params_axis(ax.xaxis)

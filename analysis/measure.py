@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import sys
 import time
 from pathlib import Path
@@ -127,7 +128,7 @@ def measure(
             # Ids below 256 exist in every vocabulary here (the tiny sizes' is bytes plus three specials).
             prompt = torch.randint(0, min(config.vocab_size, 256), (batch, input_tokens), device=device)
             with torch.no_grad():
-                seconds = _best_seconds(lambda: model.generate(prompt, **settings), device, repeats)
+                seconds = _best_seconds(functools.partial(model.generate, prompt, **settings), device, repeats)
                 with peak_memory(device) as peak:
                     model.generate(prompt, **settings)
             modelled = inference_cost(

@@ -77,7 +77,7 @@ class BootstrapResult:
         if not len(self.samples):
             return {}
         hits = self.samples["at_bound"].fillna("")
-        return {name: float(hits.map(lambda names: name in names.split(",")).mean()) for name in self.point.params if name not in self.point.fixed}
+        return {name: float(hits.map(lambda names, name=name: name in names.split(",")).mean()) for name in self.point.params if name not in self.point.fixed}
 
     @property
     def p_effect(self) -> str | None:

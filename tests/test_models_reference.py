@@ -56,7 +56,7 @@ def reference_logits(state, config, input_ids, sliding_window=None):
         p = f"model.layers.{i}."
         a = rms_norm(x, state[p + "input_layernorm.weight"])
 
-        def project(name, heads):
+        def project(name, heads, a=a, p=p):
             out = a @ state[p + f"self_attn.{name}.weight"].T + state[p + f"self_attn.{name}.bias"]
             return out.view(n_streams * batch, length, heads, head_dim).transpose(1, 2)
 
