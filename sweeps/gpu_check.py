@@ -68,7 +68,7 @@ def train_cell(size: str, parscale_n: int, hardware: Hardware, env, seq_len: int
     optimizer = build_optimizer(trained, config.optim, fused=env.device.type == "cuda")
     generator = torch.Generator().manual_seed(0)
     times = []
-    for step in range(STEPS):
+    for _ in range(STEPS):
         ids = torch.randint(0, 151_000 if not tiny else 256, (plan.micro_batch_size, seq_len), generator=generator)
         ids = ids.to(env.device)
         _synchronize(env)

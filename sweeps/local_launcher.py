@@ -183,7 +183,7 @@ class Workers:
         atomic_write_text(cell_file, OmegaConf.to_yaml(OmegaConf.structured(cell.config)))
         run_dir = Path(cell.config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        log = open(run_dir / "train.log", "a")
+        log = open(run_dir / "train.log", "a")  # noqa: SIM115  (the worker owns it; _collect closes it)
         process = subprocess.Popen([sys.executable, "-m", "sweeps.run_cell", str(cell_file), str(self.max_failures)],
                                    stdout=log, stderr=subprocess.STDOUT, env=self.env)
         self.running[cell.cell.name] = Worker(cell, process, log, time.time())

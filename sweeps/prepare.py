@@ -214,7 +214,7 @@ class _Writer:
         for split in SPLITS:
             for suffix, itemsize, count in (("tokens", self.dtype.itemsize, "tokens"), ("ends", 8, "documents")):
                 path = out / f"{split}.{suffix}"
-                handle = open(path, "ab")
+                handle = open(path, "ab")  # noqa: SIM115  (kept in self.files until close())
                 handle.truncate(counts[split][count] * itemsize)
                 handle.seek(0, os.SEEK_END)
                 self.files[split, suffix] = handle

@@ -191,7 +191,7 @@ def test_log_tokens_form_recovers_its_parameters_from_the_tokens_column():
     law = result.law_at(4e10)  # at one training length the tokens term joins E
     assert law.predict(1e9, 4) == pytest.approx(result.predict([1e9], [4], tokens=[4e10])[0])
     with pytest.raises(ValueError, match="law_at"):
-        result.law
+        _ = result.law
 
 
 def test_log_tokens_form_needs_tokens_that_vary():

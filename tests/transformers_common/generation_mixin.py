@@ -43,7 +43,7 @@ class GenerationTesterMixin:
 
     def check_outputs_per_row(self, output, model, inputs, rows, use_cache):
         """Scores, logits, attentions and hidden states of generate(): one row per returned sequence."""
-        config, (batch, length) = model.config, inputs["input_ids"].shape
+        config, (_, length) = model.config, inputs["input_ids"].shape
         new_tokens = output.sequences.shape[1] - length
         self.assertEqual(len(output.scores), new_tokens)
         self.assertEqual(len(output.logits), new_tokens)
