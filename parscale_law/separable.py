@@ -108,7 +108,6 @@ class SeparableProblem:
         """(params, optimiser_ok, message) for these weights (default: the data's) and losses."""
         y = self.data.loss if loss is None else np.asarray(loss, dtype=float)
         w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=float)
-        log_y = np.log(y)
         E, b = self._linear_part(y, w)
         predicted = self.known + (E[:, None] if self.E_free else self.fixed["E"])
         for j, coefficient in zip(self.free_terms, b):
