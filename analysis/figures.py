@@ -166,7 +166,7 @@ def residuals(result: FitResult, holdouts: Sequence = (), axes=None, title: str 
         first.margins(x=0.08, y=0.3)
         first.legend(loc="upper left", ncols=2, fontsize=6)
 
-        for ax, check in zip(rest, holdouts):
+        for ax, check in zip(rest, holdouts, strict=True):
             fitted = check.fit.residuals
             ax.scatter(
                 fitted["params"], 100 * fitted["residual"] / fitted["loss"], s=16, color="#bdbdbd", edgecolor="black",
@@ -244,7 +244,7 @@ def inference_cost(
         for column, batch in enumerate(batch_sizes):
             averaged = {(s, P): cost.averaged_cost(s, P, batch, lengths, gpu=gpu) for s in sizes for P in all_P}
             ratios = _scaling_ratios(batch, sizes, max(all_P), loss_of, lengths, gpu)
-            for row, (ax, quantity) in enumerate(zip(axes[:, column], ("memory", "latency"))):
+            for row, (ax, quantity) in enumerate(zip(axes[:, column], ("memory", "latency"), strict=True)):
                 position = {key: (value[row], loss_of[key]) for key, value in averaged.items()}
                 _draw_cost_panel(ax, position, losses, sizes, all_P)
                 ax.set_xlabel("GPU memory (GB)" if quantity == "memory" else "Latency (s)")
@@ -282,10 +282,10 @@ def _scaling_ratios(batch, sizes, P, loss_of, lengths, gpu) -> dict | None:
 
 def _draw_cost_panel(ax, position, losses, sizes, all_P):
     for size in sizes:
-        for before, after in zip(all_P, all_P[1:]):
+        for before, after in zip(all_P, all_P[1:], strict=False):
             ax.annotate("", xy=position[(size, after)], xytext=position[(size, before)],
                         arrowprops={"arrowstyle": "-|>", "color": PARALLEL_SCALING_COLOUR, "lw": 0.9, "shrinkA": 3, "shrinkB": 3})
-    for before, after in zip(sizes, sizes[1:]):
+    for before, after in zip(sizes, sizes[1:], strict=False):
         ax.annotate("", xy=position[(after, all_P[0])], xytext=position[(before, all_P[0])],
                     arrowprops={"arrowstyle": "-|>", "color": PARAMETER_SCALING_COLOUR, "lw": 2.0, "shrinkA": 5, "shrinkB": 5})
     for P in all_P:
@@ -339,12 +339,12 @@ def draw_fits(fitted: dict[str, FittedDataset], out: Path, formats, cost_sizes=F
     figures = {}
 
     figure, axes = new_figure(ncols=len(labels))
-    for ax, label in zip(axes, labels):
+    for ax, label in zip(axes, labels, strict=True):
         loss_vs_params(fitted[label].fit, fitted[label].runs, ax=ax, title=_title(label))
     figures["loss_vs_params"] = figure
 
     figure, axes = new_figure(ncols=len(labels), width=3.9 * len(labels))
-    for ax, label in zip(axes, labels):
+    for ax, label in zip(axes, labels, strict=True):
         loss_contours(fitted[label].fit, fitted[label].runs, ax=ax, title=_title(label))
     figures["loss_contours"] = figure
 
@@ -356,12 +356,12 @@ def draw_fits(fitted: dict[str, FittedDataset], out: Path, formats, cost_sizes=F
 
     for name, draw in (("multiplier_vs_params", multiplier_vs_params), ("streams_to_match", streams_to_match)):
         figure, axes = new_figure(ncols=len(labels))
-        for ax, label in zip(axes, labels):
+        for ax, label in zip(axes, labels, strict=True):
             draw(fitted[label].fit, fitted[label].boot, ax=ax, title=_title(label))
         figures[name] = figure
 
     figure, axes = new_figure(ncols=len(labels))
-    for ax, label in zip(axes, labels):
+    for ax, label in zip(axes, labels, strict=True):
         item = fitted[label]
         forms = {"log": item.fit, **{name: fit(item.runs, form=name) for name in ALTERNATIVE_FORMS}}
         form_multipliers(forms, {"log": item.boot} if item.boot is not None else {}, ax=ax, title=_title(label))

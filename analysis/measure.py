@@ -152,7 +152,7 @@ def plot(frame: pd.DataFrame):
     all_P = sorted(frame["P"].unique())
     with paper_style():
         figure, axes = new_figure(ncols=2)
-        for ax, quantity, unit in zip(axes, ("memory_gb", "latency_per_token_s"), ("GiB", "s per token")):
+        for ax, quantity, unit in zip(axes, ("memory_gb", "latency_per_token_s"), ("GiB", "s per token"), strict=True):
             for P in all_P:
                 rows = frame[frame["P"] == P]
                 ax.scatter(

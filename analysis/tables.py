@@ -26,7 +26,7 @@ def fit_table(fits: Mapping[str, FitResult], boots: Mapping[str, BootstrapResult
         row = {"data set": name, "runs": result.n_points, **result.params}
         multipliers = result.multiplier([float(P) for P in MULTIPLIER_P])
         if multipliers is not None:
-            row.update({f"multiplier@P={P}": float(m) for P, m in zip(MULTIPLIER_P, multipliers)})
+            row.update({f"multiplier@P={P}": float(m) for P, m in zip(MULTIPLIER_P, multipliers, strict=True)})
         row["r2"] = result.r2
         if name in boots:
             intervals = boots[name].intervals.set_index("name")

@@ -212,10 +212,10 @@ def _sample_row(result: FitResult, form: Form, multiplier_P, at, jitter) -> dict
         row["A_prime"] = result.A_prime
     multipliers = form.multiplier(result.params, multiplier_P) if len(multiplier_P) else None
     if multipliers is not None:
-        row.update({f"multiplier@P={P:g}": float(m) for P, m in zip(multiplier_P, multipliers)})
+        row.update({f"multiplier@P={P:g}": float(m) for P, m in zip(multiplier_P, multipliers, strict=True)})
     if len(at):
         predicted = form.predict(result.params, at[:, 0], at[:, 1], at[:, 2] if at.shape[1] > 2 else None)
-        for point, loss, factor in zip(at, predicted, jitter):
+        for point, loss, factor in zip(at, predicted, jitter, strict=True):
             name = prediction_name(point)
             row[name] = float(loss)
             row["new_run_" + name] = float(loss * factor)

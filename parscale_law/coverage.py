@@ -73,7 +73,7 @@ def coverage(
     summary = summary.reset_index()
     if "row" in schemes:
         row_width = summary[summary["scheme"] == "row"].set_index(["regime", "quantity"])["median_width"]
-        summary["width_vs_row"] = [w / row_width[(r, q)] for r, q, w in zip(summary["regime"], summary["quantity"], summary["median_width"])]
+        summary["width_vs_row"] = [w / row_width[(r, q)] for r, q, w in zip(summary["regime"], summary["quantity"], summary["median_width"], strict=True)]
     summary.attrs.update(simulations=simulations, resamples=resamples, seed=seed, level=level)
     return summary
 

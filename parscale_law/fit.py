@@ -331,7 +331,7 @@ def _objective_in(form: Form, data: FitData, delta: float, weights, fixed, names
     log_loss = np.log(data.loss)
 
     def objective(x):
-        predicted = form.predict({**fixed, **dict(zip(names, x * scale))}, data.N, data.P, data.D)
+        predicted = form.predict({**fixed, **dict(zip(names, x * scale, strict=True))}, data.N, data.P, data.D)
         with np.errstate(all="ignore"):
             value = huber_sum(log_loss - np.log(predicted), delta, weights)
         return value if np.isfinite(value) else 1e10
@@ -346,14 +346,14 @@ def _fit_paper(form: Form, data: FitData, delta: float, weights, fixed):
     names = [name for name in form.param_names if name not in fixed]
     scale = np.array([form.scale.get(name, 1.0) for name in names])
     paper_bounds = {name: (max(form.bounds[name][0], PAPER_LOWER_BOUND * form.scale.get(name, 1.0)), form.bounds[name][1]) for name in names}
-    bounds = [(paper_bounds[n][0] / s, finite_or_none(paper_bounds[n][1] / s)) for n, s in zip(names, scale)]
+    bounds = [(paper_bounds[n][0] / s, finite_or_none(paper_bounds[n][1] / s)) for n, s in zip(names, scale, strict=True)]
     objective = _objective_in(form, data, delta, weights, fixed, names, scale)
     best = None
     for start in itertools.product(*(form.starts[name] for name in names)):
         result = minimize(objective, np.array(start) / scale, method="L-BFGS-B", bounds=bounds)
         if best is None or result.fun < best.fun:
             best = result
-    params = {**fixed, **dict(zip(names, best.x * scale))}
+    params = {**fixed, **dict(zip(names, best.x * scale, strict=True))}
     message = f"paper recipe: best of {math.prod(len(form.starts[n]) for n in names)} starts ({best.message})"
     return params, True, message, paper_bounds
 
@@ -367,7 +367,7 @@ def _fit_multistart(form: Form, data: FitData, delta: float, weights, fixed):
     names = [name for name in form.param_names if name not in fixed]
     bounds_used = form.bounds_for(float(np.max(data.P)))
     scale = np.array([form.scale.get(name, 1.0) for name in names])
-    bounds = [(finite_or_none(bounds_used[n][0] / s), finite_or_none(bounds_used[n][1] / s)) for n, s in zip(names, scale)]
+    bounds = [(finite_or_none(bounds_used[n][0] / s), finite_or_none(bounds_used[n][1] / s)) for n, s in zip(names, scale, strict=True)]
     rng = np.random.default_rng(0)
     lows = np.array([min(form.starts[n]) for n in names]) / scale
     highs = np.array([max(form.starts[n]) for n in names]) / scale
@@ -387,7 +387,7 @@ def _fit_multistart(form: Form, data: FitData, delta: float, weights, fixed):
         if best is None or result.fun < best.fun:
             best = result
     ok = best.fun < 1e10 / delta
-    params = {**fixed, **dict(zip(names, best.x * scale))}
+    params = {**fixed, **dict(zip(names, best.x * scale, strict=True))}
     return params, ok, f"multi-start L-BFGS-B, {len(starts)} starts ({best.message})", bounds_used
 
 

@@ -67,7 +67,7 @@ class VarianceComponents:
     design: np.ndarray
 
     def as_dict(self) -> dict[str, float]:
-        return dict(zip(self.names, self.sd))
+        return dict(zip(self.names, self.sd, strict=True))
 
     def draw_variances(self, rng: np.random.Generator) -> np.ndarray:
         """Variances consistent with statistics drawn from their scaled chi-square laws: with six sizes the
@@ -94,7 +94,7 @@ def variance_components(form: Form, params: dict, data: FitData, free: list[str]
     design = np.array([[np.trace(A @ S) for S in covariances] for A in forms])
     statistics = np.array([r @ A @ r for A in forms])
     variances = nnls(design, statistics)[0]
-    fitted = sum(v * S for v, S in zip(variances, covariances))
+    fitted = sum(v * S for v, S in zip(variances, covariances, strict=True))
     dof = []
     for A in forms:
         AS = A @ fitted
@@ -131,7 +131,7 @@ def _jacobian(form: Form, params: dict, data: FitData, free: list[str], log_mean
 def simulated_log_loss(log_mean: np.ndarray, data: FitData, names, variances, rng: np.random.Generator) -> np.ndarray:
     """ln L of one parametric resample: the fit's ln L plus a draw of every component."""
     y = log_mean.copy()
-    for name, variance in zip(names, variances):
+    for name, variance in zip(names, variances, strict=True):
         sd = float(np.sqrt(max(variance, 0.0)))
         if name == "run":
             y += rng.normal(0.0, sd, len(y))

@@ -110,7 +110,7 @@ class SeparableProblem:
         w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=float)
         E, b = self._linear_part(y, w)
         predicted = self.known + (E[:, None] if self.E_free else self.fixed["E"])
-        for j, coefficient in zip(self.free_terms, b):
+        for j, coefficient in zip(self.free_terms, b, strict=True):
             predicted = predicted + coefficient[:, None] * self.G[j]
         with np.errstate(all="ignore"):
             grid_objective = huber_sum(log_residuals(y, predicted), delta, w, axis=-1)
@@ -182,7 +182,7 @@ class SeparableProblem:
                 reduced_rhs = [rhs[a] - sum(gram[a][c] * lower[c] for c in range(k) if active[c]) for a in free]
                 with np.errstate(all="ignore"):
                     solved = _solve_small([[gram[a][c] for c in free] for a in free], reduced_rhs)
-                for a, value in zip(free, solved):
+                for a, value in zip(free, solved, strict=True):
                     beta[a] = value
             with np.errstate(all="ignore"):
                 feasible = np.logical_and.reduce([np.isfinite(beta[a]) & (beta[a] >= lower[a] - 1e-12) for a in range(k)])
@@ -258,7 +258,7 @@ class SeparableProblem:
                     gradient[size_slot] = through_size
                 elif exponent_slot is not None:
                     gradient[exponent_slot] += through_size * line[1]
-                for (slot, _), derivative in zip(theta_slots, dG):
+                for (slot, _), derivative in zip(theta_slots, dG, strict=True):
                     if slot is not None:
                         gradient[slot] += size * (slope @ derivative)
             return value, gradient

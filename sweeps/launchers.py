@@ -245,11 +245,11 @@ class SlurmGridLauncher(SlurmLauncher):
                 arguments = [(overrides, "hydra.sweep.dir", initial_job_idx + p.job_index, f"job_id_for_{p.job_index}",
                               state) for p, overrides in group.cells]
                 try:
-                    group_jobs = executor.map_array(self, *zip(*arguments))
+                    group_jobs = executor.map_array(self, *zip(*arguments, strict=True))
                 except submitit.core.utils.FailedJobError as error:
                     fail(LaunchError(f"sbatch refused the job array: {_first_line(error)}"))
                 jobs += group_jobs
-                submitted.update({p.cell.name: job.job_id for (p, _), job in zip(group.cells, group_jobs)})
+                submitted.update({p.cell.name: job.job_id for (p, _), job in zip(group.cells, group_jobs, strict=True)})
         return jobs, submitted
 
     def _print_plan(self, everything: list[PlannedCell], cell_plans, sweep_dir: Path, timeout_min: float) -> list:
@@ -276,7 +276,7 @@ class SlurmGridLauncher(SlurmLauncher):
         scratch_hours = sum(plan.gpu_hours for plan in self._plan_cells(
             [PlannedCell(Cell(f"{config.size}-P{config.parscale_n}", []), config, 0) for config in scratch.values()],
             timeout_min))
-        by_stage = {stage: sum(plan.gpu_hours for p, plan in zip(everything, cell_plans) if p.cell.stage == stage)
+        by_stage = {stage: sum(plan.gpu_hours for p, plan in zip(everything, cell_plans, strict=True) if p.cell.stage == stage)
                     for stage in (1, 2)}
         total = by_stage[1] + by_stage[2]
         return (f"\ntwo stages: {total:,.0f} GPU-hours (stage 1: {by_stage[1]:,.0f}, stage 2: {by_stage[2]:,.0f}); "

@@ -206,8 +206,8 @@ def format_table(plans: list[CellPlan], markdown: bool = False) -> str:
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines) + f"\n\nTotal: {total:,.0f} GPU-hours on {plans[0].gpu} at the assumed MFU.\n"
     widths = [max(len(header), *(len(row[i]) for row in rows)) for i, header in enumerate(HEADERS)]
-    lines = ["  ".join(header.ljust(width) for header, width in zip(HEADERS, widths))]
-    lines += ["  ".join(value.ljust(width) for value, width in zip(row, widths)) for row in rows]
+    lines = ["  ".join(header.ljust(width) for header, width in zip(HEADERS, widths, strict=True))]
+    lines += ["  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(lines) + f"\ntotal: {total:,.0f} GPU-hours on {plans[0].gpu}"
 
 

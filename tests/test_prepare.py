@@ -181,7 +181,7 @@ def test_stack_v2_contents_come_from_the_blob_store(bucket, tmp_path):
     for split in ("train", "validation"):
         tokens, ends = open_split(tmp_path / "from-s3", split)
         starts = [0, *ends[:-1].tolist()]
-        prepared_texts += [bytes(tokens[start:end - 1].astype(np.uint8)).decode() for start, end in zip(starts, ends)]
+        prepared_texts += [bytes(tokens[start:end - 1].astype(np.uint8)).decode() for start, end in zip(starts, ends, strict=True)]
     assert sorted(prepared_texts) == sorted(texts)  # every stored file, decoded with its own encoding
     # The streamed path reads the same store; a local mirror of the bucket gives the same files.
     assert list(open_documents(data, None)) == texts

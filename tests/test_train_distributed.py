@@ -80,7 +80,7 @@ def test_two_processes_match_one_process(tmp_path, one_process, launcher, strate
     assert f"2 process(es) ({strategy}) x 1 micro-batch(es)" in output
     rows = read_metrics(run_dir / "metrics.jsonl")
     assert [row["step"] for row in rows] == [row["step"] for row in reference_rows] == list(range(1, STEPS + 1))
-    for row, expected in zip(rows, reference_rows):
+    for row, expected in zip(rows, reference_rows, strict=True):
         assert row["loss"] == pytest.approx(expected["loss"], abs=1e-5)
         assert row.get("eval_loss", 0.0) == pytest.approx(expected.get("eval_loss", 0.0), abs=1e-5)
     assert output.count("done:") == 1  # only rank 0 reports
@@ -114,5 +114,5 @@ def test_two_processes_save_and_one_process_resumes_on_the_same_curve(tmp_path):
     assert resumed["eval_loss"] == pytest.approx(reference["eval_loss"], abs=1e-5)
     rows = read_metrics(metrics)
     assert [row["step"] for row in rows] == list(range(1, steps + 1))
-    for row, expected in zip(rows, reference_rows):
+    for row, expected in zip(rows, reference_rows, strict=True):
         assert row["loss"] == pytest.approx(expected["loss"], abs=1e-5)

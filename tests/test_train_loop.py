@@ -115,7 +115,7 @@ def test_signal_saves_a_checkpoint_and_the_resumed_run_matches_an_uninterrupted_
     assert resumed["eval_loss"] == pytest.approx(reference["eval_loss"], abs=1e-6)
     rows = read_metrics(metrics)
     assert [row["step"] for row in rows] == list(range(1, steps + 1))  # nothing lost, nothing twice
-    for row, expected in zip(rows, reference_rows):
+    for row, expected in zip(rows, reference_rows, strict=True):
         assert row["loss"] == pytest.approx(expected["loss"], abs=1e-6)
 
 

@@ -49,7 +49,7 @@ def test_a_p1_stage2_continues_its_stage1_exactly(tmp_path, stage1, corpus):
     reference = read_metrics(tmp_path / "one" / "metrics.jsonl")
     both = read_metrics(stage1_dir / "metrics.jsonl") + read_metrics(tmp_path / "two" / "metrics.jsonl")
     assert [row["step"] for row in both] == list(range(1, STEPS + 1))
-    for row, expected in zip(both, reference):
+    for row, expected in zip(both, reference, strict=True):
         assert row["loss"] == pytest.approx(expected["loss"], abs=1e-6) and row["lr"] == pytest.approx(expected["lr"])
     assert continued["loss"] == pytest.approx(one_stage["loss"], abs=1e-6)
     assert continued["eval_loss"] == pytest.approx(one_stage["eval_loss"], abs=1e-6)
