@@ -104,28 +104,49 @@ def check(config) -> None:
         raise StageError(f"stage2_fraction={fraction} must lie in [0, 1): the last fraction of `tokens` that is stage 2")
     _check_stage2_settings(config.stage2)
     if stage == 0:
-        if fraction or config.branch_fractions:
-            raise StageError(
-                f"stage2_fraction={fraction:g} trains in two stages: a grid (python -m sweeps.launch) makes them itself; "
-                "for one run set stage=1 (the P = 1 backbone), then stage=2 init_from=<its run dir>"
-            )
-        if config.freeze_backbone and not config.init_from:
-            raise StageError("freeze_backbone=true needs init_from=<a P = 1 run dir or Qwen2 checkpoint> (stage 2 only)")
-        if config.init_from and config.parscale_n == 1:
-            raise StageError("init_from is two-stage training, which adds streams: set parscale_n > 1")
+        _check_one_stage(config)
         return
+    _check_stage_split(config)
+    if stage == 1:
+        _check_stage1(config)
+    else:
+        _check_stage2(config)
+
+
+def _check_one_stage(config) -> None:
+    fraction = config.stage2_fraction
+    if fraction or config.branch_fractions:
+        raise StageError(
+            f"stage2_fraction={fraction:g} trains in two stages: a grid (python -m sweeps.launch) makes them itself; "
+            "for one run set stage=1 (the P = 1 backbone), then stage=2 init_from=<its run dir>"
+        )
+    if config.freeze_backbone and not config.init_from:
+        raise StageError("freeze_backbone=true needs init_from=<a P = 1 run dir or Qwen2 checkpoint> (stage 2 only)")
+    if config.init_from and config.parscale_n == 1:
+        raise StageError("init_from is two-stage training, which adds streams: set parscale_n > 1")
+
+
+def _check_stage_split(config) -> None:
+    """Stage 1 or 2: the fraction must leave both stages at least one step."""
+    fraction = config.stage2_fraction
     if not fraction:
-        raise StageError(f"stage={stage} needs stage2_fraction in (0, 1), the last fraction of `tokens` that is stage 2")
+        raise StageError(f"stage={config.stage} needs stage2_fraction in (0, 1), the last fraction of `tokens` that is stage 2")
     if stage2_steps(config.total_steps, max([fraction, *config.branch_fractions])) >= config.total_steps:
         raise StageError(f"stage2_fraction={fraction:g} of {config.total_steps} steps leaves stage 1 no step; lower it or raise tokens")
-    if stage == 1:
-        if config.parscale_n != 1 or config.init_from or config.freeze_backbone:
-            raise StageError("stage=1 trains the P = 1 backbone: set parscale_n=1, no init_from and no freeze_backbone")
-        if any(not fraction < f < 1 for f in config.branch_fractions):
-            raise StageError(f"branch_fractions={list(config.branch_fractions)} must each lie in (stage2_fraction={fraction:g}, 1)")
-    elif not config.init_from:
+
+
+def _check_stage1(config) -> None:
+    if config.parscale_n != 1 or config.init_from or config.freeze_backbone:
+        raise StageError("stage=1 trains the P = 1 backbone: set parscale_n=1, no init_from and no freeze_backbone")
+    fraction = config.stage2_fraction
+    if any(not fraction < f < 1 for f in config.branch_fractions):
+        raise StageError(f"branch_fractions={list(config.branch_fractions)} must each lie in (stage2_fraction={fraction:g}, 1)")
+
+
+def _check_stage2(config) -> None:
+    if not config.init_from:
         raise StageError("stage=2 starts from a stage-1 run: set init_from=<its run dir> (trained with stage=1)")
-    elif config.branch_fractions:
+    if config.branch_fractions:
         raise StageError("branch_fractions is a stage-1 setting; a stage-2 run has only its stage2_fraction")
 
 
