@@ -75,6 +75,21 @@ class DataConfig:
     prepared: str | None = None  # a directory written by `python -m sweeps.prepare`: train from its token files
 
 
+def _check_data(data: DataConfig) -> None:
+    if data.source not in DATA_SOURCES:
+        raise ConfigError(f"data.source={data.source!r} is unknown; use one of {', '.join(DATA_SOURCES)}")
+    if data.source == "hub" and not data.path:
+        raise ConfigError(f"data={data.name} has source hub but no path; set data.path to a hub name or json/text")
+    if data.source == "hub" and data.path in LOCAL_BUILDERS and not data.data_files:
+        raise ConfigError(f"data.path={data.path} reads local files: set data.data_files='[a.{data.path},...]'")
+    if data.source != "hub" and data.blob_store:
+        raise ConfigError(f"data.blob_store applies to hub data only; {data.source} reads its own files")
+    if data.source != "hub" and data.eval_split:
+        raise ConfigError(f"data.eval_split applies to hub data only; {data.source} holds out by hash (holdout_fraction)")
+    if data.eval_split is None and not 0 < data.holdout_fraction < 1:
+        raise ConfigError(f"data.holdout_fraction={data.holdout_fraction} must lie in (0, 1) when data.eval_split is null")
+
+
 @dataclass
 class OptimConfig:
     lr: float = 3e-3  # peak learning rate, unless lr_by_size names the model's size
@@ -90,6 +105,13 @@ class OptimConfig:
     min_lr_ratio: float = 0.1  # final learning rate / peak
     parscale_lr_scale: float = 1.0  # the prefixes' and aggregator's learning rate / the backbone's
     parscale_weight_decay: float | None = None  # on the prefixes and aggregator's matrices; None: weight_decay
+
+
+def _check_optim(optim: OptimConfig) -> None:
+    if not 0 <= optim.warmup_fraction < 1 or not 0 < optim.decay_fraction <= 1:
+        raise ConfigError("optim.warmup_fraction must lie in [0, 1) and optim.decay_fraction in (0, 1]")
+    if optim.parscale_lr_scale <= 0:
+        raise ConfigError(f"optim.parscale_lr_scale={optim.parscale_lr_scale} must be positive (1 = the backbone's rate)")
 
 
 @dataclass
@@ -154,6 +176,65 @@ class TrainConfig:
         return self.optim.lr_by_size.get(self.size, self.optim.lr)
 
 
+def _check_model(config: TrainConfig) -> None:
+    """The model mapping and P."""
+    if "name" not in config.model:
+        raise ConfigError("the model mapping has no `name`; compose it with model=<size> (conf/model/*.yaml)")
+    if config.parscale_n < 1:
+        raise ConfigError(f"parscale_n={config.parscale_n}: P must be at least 1 (1 = plain Qwen2); set parscale_n=1, 2, 4 or 8")
+    model_p = config.model.get("parscale_n", config.parscale_n)
+    if model_p != config.parscale_n:
+        raise ConfigError(
+            f"model.parscale_n={model_p} but parscale_n={config.parscale_n}: set P once, with parscale_n={model_p}"
+        )
+
+
+def _check_counts(config: TrainConfig) -> None:
+    """Lengths, batch sizes and intervals are at least 1; the seed is not negative."""
+    for key in ("seq_len", "global_batch_size", "micro_batch_size", "eval_sequences", "eval_interval",
+                "log_interval", "checkpoint_interval", "checkpoints_keep", "loss_chunk_tokens"):
+        if getattr(config, key) < 1:
+            raise ConfigError(f"{key}={getattr(config, key)} must be at least 1")
+    if config.seed < 0:
+        raise ConfigError(f"seed={config.seed} must be 0 or more (it seeds numpy's generator too)")
+
+
+def _check_batches(config: TrainConfig) -> None:
+    """Micro batches add up to the global batch, the budget holds a batch, and a row fits the model."""
+    if config.global_batch_size % config.micro_batch_size:
+        raise ConfigError(
+            f"global_batch_size={config.global_batch_size} is not a multiple of micro_batch_size="
+            f"{config.micro_batch_size}; choose a micro batch that divides it"
+        )
+    if config.total_steps < 1:
+        raise ConfigError(
+            f"tokens={config.tokens} is less than one batch (global_batch_size * seq_len = {config.tokens_per_step}); "
+            f"raise tokens to at least {config.tokens_per_step}"
+        )
+    max_positions = config.model.get("max_position_embeddings")
+    if max_positions is not None and config.seq_len > max_positions:
+        raise ConfigError(
+            f"seq_len={config.seq_len} exceeds the model's max_position_embeddings={max_positions}; lower seq_len"
+        )
+
+
+def _check_choices(config: TrainConfig) -> None:
+    choices = {"optim.schedule": (config.optim.schedule, SCHEDULES), "precision": (config.precision, PRECISIONS),
+               "strategy": (config.strategy, STRATEGIES), "wandb.mode": (config.wandb.mode, WANDB_MODES),
+               "attn_implementation": (config.attn_implementation, ATTENTION)}
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is unknown; use one of {', '.join(allowed)}")
+
+
+def _check_run_settings(config: TrainConfig) -> None:
+    """Checkpoint timing, the collectives' timeout and the loss smoothing."""
+    if config.checkpoint_interval_min < 0 or config.distributed_timeout_min <= 0:
+        raise ConfigError("checkpoint_interval_min must be >= 0 (0: off) and distributed_timeout_min > 0 (minutes)")
+    if not 0 <= config.loss_smoothing < 1:
+        raise ConfigError(f"loss_smoothing={config.loss_smoothing} must lie in [0, 1)")
+
+
 def from_mapping(mapping) -> TrainConfig:
     """A TrainConfig from a (resolved or not) mapping such as Hydra's cfg; unknown keys and bad types fail."""
     mapping = mapping if OmegaConf.is_config(mapping) else OmegaConf.create(mapping)
@@ -189,62 +270,13 @@ def load_config(overrides: list[str] = ()) -> TrainConfig:
 def check(config: TrainConfig) -> None:
     """Refuses, before anything is built, values that cannot train (the model's own fields are checked by
     `models` when the model config is built)."""
-    if "name" not in config.model:
-        raise ConfigError("the model mapping has no `name`; compose it with model=<size> (conf/model/*.yaml)")
-    if config.parscale_n < 1:
-        raise ConfigError(f"parscale_n={config.parscale_n}: P must be at least 1 (1 = plain Qwen2); set parscale_n=1, 2, 4 or 8")
-    model_p = config.model.get("parscale_n", config.parscale_n)
-    if model_p != config.parscale_n:
-        raise ConfigError(
-            f"model.parscale_n={model_p} but parscale_n={config.parscale_n}: set P once, with parscale_n={model_p}"
-        )
-    if config.data.source not in DATA_SOURCES:
-        raise ConfigError(f"data.source={config.data.source!r} is unknown; use one of {', '.join(DATA_SOURCES)}")
-    if config.data.source == "hub" and not config.data.path:
-        raise ConfigError(f"data={config.data.name} has source hub but no path; set data.path to a hub name or json/text")
-    if config.data.source == "hub" and config.data.path in LOCAL_BUILDERS and not config.data.data_files:
-        raise ConfigError(f"data.path={config.data.path} reads local files: set data.data_files='[a.{config.data.path},...]'")
-    if config.data.source != "hub" and config.data.blob_store:
-        raise ConfigError(f"data.blob_store applies to hub data only; {config.data.source} reads its own files")
-    if config.data.source != "hub" and config.data.eval_split:
-        raise ConfigError(f"data.eval_split applies to hub data only; {config.data.source} holds out by hash (holdout_fraction)")
-    if config.data.eval_split is None and not 0 < config.data.holdout_fraction < 1:
-        raise ConfigError(f"data.holdout_fraction={config.data.holdout_fraction} must lie in (0, 1) when data.eval_split is null")
-    for key in ("seq_len", "global_batch_size", "micro_batch_size", "eval_sequences", "eval_interval",
-                "log_interval", "checkpoint_interval", "checkpoints_keep", "loss_chunk_tokens"):
-        if getattr(config, key) < 1:
-            raise ConfigError(f"{key}={getattr(config, key)} must be at least 1")
-    if config.seed < 0:
-        raise ConfigError(f"seed={config.seed} must be 0 or more (it seeds numpy's generator too)")
-    if config.global_batch_size % config.micro_batch_size:
-        raise ConfigError(
-            f"global_batch_size={config.global_batch_size} is not a multiple of micro_batch_size="
-            f"{config.micro_batch_size}; choose a micro batch that divides it"
-        )
-    if config.total_steps < 1:
-        raise ConfigError(
-            f"tokens={config.tokens} is less than one batch (global_batch_size * seq_len = {config.tokens_per_step}); "
-            f"raise tokens to at least {config.tokens_per_step}"
-        )
-    max_positions = config.model.get("max_position_embeddings")
-    if max_positions is not None and config.seq_len > max_positions:
-        raise ConfigError(
-            f"seq_len={config.seq_len} exceeds the model's max_position_embeddings={max_positions}; lower seq_len"
-        )
-    choices = {"optim.schedule": (config.optim.schedule, SCHEDULES), "precision": (config.precision, PRECISIONS),
-               "strategy": (config.strategy, STRATEGIES), "wandb.mode": (config.wandb.mode, WANDB_MODES),
-               "attn_implementation": (config.attn_implementation, ATTENTION)}
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is unknown; use one of {', '.join(allowed)}")
-    if not 0 <= config.optim.warmup_fraction < 1 or not 0 < config.optim.decay_fraction <= 1:
-        raise ConfigError("optim.warmup_fraction must lie in [0, 1) and optim.decay_fraction in (0, 1]")
-    if config.optim.parscale_lr_scale <= 0:
-        raise ConfigError(f"optim.parscale_lr_scale={config.optim.parscale_lr_scale} must be positive (1 = the backbone's rate)")
-    if config.checkpoint_interval_min < 0 or config.distributed_timeout_min <= 0:
-        raise ConfigError("checkpoint_interval_min must be >= 0 (0: off) and distributed_timeout_min > 0 (minutes)")
-    if not 0 <= config.loss_smoothing < 1:
-        raise ConfigError(f"loss_smoothing={config.loss_smoothing} must lie in [0, 1)")
+    _check_model(config)
+    _check_data(config.data)
+    _check_counts(config)
+    _check_batches(config)
+    _check_choices(config)
+    _check_optim(config.optim)
+    _check_run_settings(config)
     try:
         stages.check(config)
     except stages.StageError as error:
