@@ -79,22 +79,8 @@ def prepare(data: DataConfig, out: str | Path, workers: int | None = None, segme
 
 
 def _prepare(data, out, workers, segment_bytes, commit_interval_s, report_interval_s, report) -> dict:
-    tokenizer = load_tokenizer(data)
-    identity = {"format": FORMAT, "source": source_of(data),
-                "tokenizer": {"name": data.tokenizer, "vocab_size": tokenizer.vocab_size,
-                              "eos_token_id": tokenizer.eos_token_id, "vocab_hash": tokenizer.vocab_hash()},
-                "dtype": token_dtype(tokenizer.vocab_size)}
-    saved = _read_progress(out)
-    if saved is not None and {key: saved[key] for key in identity} != identity:
-        raise ConfigError(f"out={out} holds an unfinished preparation of other data or another tokenizer; "
-                          "choose another out=DIR or delete it")
-    progress = Progress()
-    start_pass, reader_state, missing = 0, None, 0
-    if saved is not None:
-        progress.splits, start_pass, reader_state = saved["splits"], saved["pass"], saved["reader"]
-        missing = saved["missing_blobs"]
-        progress.tokens_at_start = progress.tokens
-        print(f"prepare {data.name}: resuming {out} at {progress.tokens:,} tokens", file=sys.stderr, flush=True)
+    identity = _identity(data, load_tokenizer(data))
+    progress, start_pass, reader_state, missing = _resume_point(data, out, identity)
     passes = [None] if data.source != "hub" or not data.eval_split else ["train", "validation"]
 
     writer = _Writer(out, identity["dtype"], progress.splits)
@@ -132,6 +118,35 @@ def _prepare(data, out, workers, segment_bytes, commit_interval_s, report_interv
         if pool is not None:
             pool.terminate()
         writer.close()
+    return _write_manifest(data, out, identity, progress, missing, report)
+
+
+def _identity(data, tokenizer) -> dict:
+    """What a preparation is of: a resumed one must match it, and the manifest starts with it."""
+    return {"format": FORMAT, "source": source_of(data),
+            "tokenizer": {"name": data.tokenizer, "vocab_size": tokenizer.vocab_size,
+                          "eos_token_id": tokenizer.eos_token_id, "vocab_hash": tokenizer.vocab_hash()},
+            "dtype": token_dtype(tokenizer.vocab_size)}
+
+
+def _resume_point(data, out: Path, identity: dict) -> tuple[Progress, int, dict | None, int]:
+    """(progress so far, pass, reader position, blobs missing so far) of an interrupted preparation of the
+    same identity in `out`; the start of a new one when there is none."""
+    saved = _read_progress(out)
+    if saved is not None and {key: saved[key] for key in identity} != identity:
+        raise ConfigError(f"out={out} holds an unfinished preparation of other data or another tokenizer; "
+                          "choose another out=DIR or delete it")
+    progress = Progress()
+    if saved is None:
+        return progress, 0, None, 0
+    progress.splits = saved["splits"]
+    progress.tokens_at_start = progress.tokens
+    print(f"prepare {data.name}: resuming {out} at {progress.tokens:,} tokens", file=sys.stderr, flush=True)
+    return progress, saved["pass"], saved["reader"], saved["missing_blobs"]
+
+
+def _write_manifest(data, out: Path, identity: dict, progress: Progress, missing: int, report) -> dict:
+    """Finishes the preparation: the manifest replaces the progress file, and the last report line."""
     if progress.splits["train"]["documents"] == 0:
         raise ConfigError(f"data={data.name} gave no training documents; check data.path, data.data_files and the split")
     manifest = {**identity, "revision": source_revision(data), "splits": progress.splits, "missing_blobs": missing,
