@@ -335,52 +335,58 @@ def draw_all(table, out: Path, formats, n_bootstrap=1000, seed=0, dataset=None, 
 def draw_fits(fitted: dict[str, FittedDataset], out: Path, formats, cost_sizes=FIGURE4_SIZES, gpu=cost.PAPER_GPU) -> list[Path]:
     """Draw every figure of already fitted data sets and write the fit tables; returns the files written.
     ``cost_sizes=()`` leaves out the inference-cost figure (the paper's sizes; meaningless for a tiny sweep)."""
-    labels = list(fitted)
-    figures = {}
-
-    figure, axes = new_figure(ncols=len(labels))
-    for ax, label in zip(axes, labels, strict=True):
-        loss_vs_params(fitted[label].fit, fitted[label].runs, ax=ax, title=_title(label))
-    figures["loss_vs_params"] = figure
-
-    figure, axes = new_figure(ncols=len(labels), width=3.9 * len(labels))
-    for ax, label in zip(axes, labels, strict=True):
-        loss_contours(fitted[label].fit, fitted[label].runs, ax=ax, title=_title(label))
-    figures["loss_contours"] = figure
-
-    figure, axes = new_figure(ncols=2, nrows=len(labels))
-    for row, label in enumerate(labels):
-        item = fitted[label]
-        equivalence(item.fit, item.boot, item.runs, axes=axes[2 * row : 2 * row + 2], title=_title(label))
-    figures["equivalence"] = figure
-
-    for name, draw in (("multiplier_vs_params", multiplier_vs_params), ("streams_to_match", streams_to_match)):
-        figure, axes = new_figure(ncols=len(labels))
-        for ax, label in zip(axes, labels, strict=True):
-            draw(fitted[label].fit, fitted[label].boot, ax=ax, title=_title(label))
-        figures[name] = figure
-
-    figure, axes = new_figure(ncols=len(labels))
-    for ax, label in zip(axes, labels, strict=True):
-        item = fitted[label]
-        forms = {"log": item.fit, **{name: fit(item.runs, form=name) for name in ALTERNATIVE_FORMS}}
-        form_multipliers(forms, {"log": item.boot} if item.boot is not None else {}, ax=ax, title=_title(label))
-    figures["form_multipliers"] = figure
-
-    width = 1 + max(len(item.checks) for item in fitted.values())
-    figure, axes = new_figure(ncols=width, nrows=len(labels), width=2.6 * width)
-    for row, label in enumerate(labels):
-        checks = fitted[label].checks
-        panels = axes[width * row : width * (row + 1)]
-        residuals(fitted[label].fit, checks, axes=panels[: 1 + len(checks)], title=_title(label))
-        for unused in panels[1 + len(checks) :]:
-            unused.set_visible(False)
-    figures["residuals"] = figure
-
+    figures = {
+        "loss_vs_params": _per_dataset(fitted, lambda item, **panel: loss_vs_params(item.fit, item.runs, **panel)),
+        "loss_contours": _per_dataset(fitted, lambda item, **panel: loss_contours(item.fit, item.runs, **panel),
+                                      width=3.9 * len(fitted)),
+        "equivalence": _equivalence_figure(fitted),
+        "multiplier_vs_params": _per_dataset(
+            fitted, lambda item, **panel: multiplier_vs_params(item.fit, item.boot, **panel)),
+        "streams_to_match": _per_dataset(fitted, lambda item, **panel: streams_to_match(item.fit, item.boot, **panel)),
+        "form_multipliers": _per_dataset(fitted, _form_multipliers_panel),
+        "residuals": _residuals_figure(fitted),
+    }
     if cost_sizes:
-        cost_label = "stack-v2-python" if "stack-v2-python" in fitted else labels[0]  # the paper's Figure 4 data set
+        cost_label = "stack-v2-python" if "stack-v2-python" in fitted else list(fitted)[0]  # the paper's Figure 4 data set
         figures["inference_cost"] = inference_cost(fitted[cost_label].runs, fitted[cost_label].fit, sizes=cost_sizes, gpu=gpu)
+    return _save_figures(figures, out, formats) + _write_fit_tables(fitted, out)
 
+
+def _per_dataset(fitted: dict[str, FittedDataset], draw, width: float | None = None):
+    """A figure of one panel per data set, side by side: ``draw(item, ax=..., title=...)`` fills each."""
+    figure, axes = new_figure(ncols=len(fitted), width=width)
+    for ax, (label, item) in zip(axes, fitted.items(), strict=True):
+        draw(item, ax=ax, title=_title(label))
+    return figure
+
+
+def _form_multipliers_panel(item: FittedDataset, **panel) -> None:
+    forms = {"log": item.fit, **{name: fit(item.runs, form=name) for name in ALTERNATIVE_FORMS}}
+    form_multipliers(forms, {"log": item.boot} if item.boot is not None else {}, **panel)
+
+
+def _equivalence_figure(fitted: dict[str, FittedDataset]):
+    """One row of two panels per data set."""
+    figure, axes = new_figure(ncols=2, nrows=len(fitted))
+    for row, (label, item) in enumerate(fitted.items()):
+        equivalence(item.fit, item.boot, item.runs, axes=axes[2 * row : 2 * row + 2], title=_title(label))
+    return figure
+
+
+def _residuals_figure(fitted: dict[str, FittedDataset]):
+    """One row per data set: the fit's residuals, then one panel per holdout check (rows with fewer checks
+    leave their last panels hidden)."""
+    width = 1 + max(len(item.checks) for item in fitted.values())
+    figure, axes = new_figure(ncols=width, nrows=len(fitted), width=2.6 * width)
+    for row, (label, item) in enumerate(fitted.items()):
+        panels = axes[width * row : width * (row + 1)]
+        residuals(item.fit, item.checks, axes=panels[: 1 + len(item.checks)], title=_title(label))
+        for unused in panels[1 + len(item.checks) :]:
+            unused.set_visible(False)
+    return figure
+
+
+def _save_figures(figures: dict, out: Path, formats) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, figure in figures.items():
@@ -388,10 +394,16 @@ def draw_fits(fitted: dict[str, FittedDataset], out: Path, formats, cost_sizes=F
             path = out / f"{name}.{extension}"
             figure.savefig(path, dpi=SAVE_DPI)
             written.append(path)
+    return written
+
+
+def _write_fit_tables(fitted: dict[str, FittedDataset], out: Path) -> list[Path]:
+    """fits.md and fits.tex: every data set's fit, with its bootstrap intervals where there are any."""
     summary = tables.fit_table(
         {label: item.fit for label, item in fitted.items()},
         {label: item.boot for label, item in fitted.items() if item.boot is not None},
     )
+    written = []
     for extension, text in (("md", tables.markdown(summary)), ("tex", tables.latex(summary))):
         path = out / f"fits.{extension}"
         path.write_text(text)
