@@ -50,6 +50,20 @@ def finite_or_none(value: float):
     return value if math.isfinite(value) else None
 
 
+def _add_term_gradients(gradient: np.ndarray, parts: list[tuple], slope: np.ndarray) -> None:
+    """Adds each term's part of the gradient: through its size (ln b, or the exponent where a fixed A or B
+    ties ln b to it) and through its nonlinear parameters."""
+    for theta_slots, size_slot, line, exponent_slot, term_value, dG, size in parts:
+        through_size = slope @ term_value
+        if size_slot is not None:
+            gradient[size_slot] = through_size
+        elif exponent_slot is not None:
+            gradient[exponent_slot] += through_size * line[1]
+        for (slot, _), derivative in zip(theta_slots, dG, strict=True):
+            if slot is not None:
+                gradient[slot] += size * (slope @ derivative)
+
+
 class SeparableProblem:
     """The grid of one data set (its N, P, tokens and fixed parameters), computed once and reused for
     every reweighting (bootstrap counts) or new losses (simulated data) of the same runs."""
@@ -217,22 +231,14 @@ class SeparableProblem:
         return values, log_b
 
     def _polish(self, start, y, w, delta):
-        bounds = ([(self.E_lower, None)] if self.E_free else []) + [(None, None)] * len(self.free_terms)
-        bounds += [(finite_or_none(self.bounds[n][0]), finite_or_none(self.bounds[n][1])) for n in self.free_nonlinear]
+        bounds = self._polish_bounds()
         low = np.array([-np.inf if b[0] is None else b[0] for b in bounds])
         high = np.array([np.inf if b[1] is None else b[1] for b in bounds])
         start = np.clip(start, low, high)
         log_y, P = np.log(y), self.data.P
         slots = {name: i for i, name in enumerate(["E"] * self.E_free + [f"b{j}" for j in self.free_terms] + self.free_nonlinear)}
         E_slot, E_value = slots.get("E"), self.fixed.get("E")
-        plans = []
-        for j, term in enumerate(self.form.terms):
-            plans.append((
-                term.basis, self.x[term.variable],
-                [(slots.get(n), self.fixed.get(n)) for n in term.nonlinear],
-                slots.get(f"b{j}"), None if f"b{j}" in slots else self._fixed_line(term), slots.get(term.exponent),
-                term.nonlinear.index(term.exponent),
-            ))
+        plans = self._term_plans(slots)
 
         def value_and_gradient(z):
             gradient = np.zeros(len(z))
@@ -252,15 +258,7 @@ class SeparableProblem:
             slope = -w * huber_slope(r, delta) / (delta * predicted)
             if E_slot is not None:
                 gradient[E_slot] = slope.sum()
-            for theta_slots, size_slot, line, exponent_slot, term_value, dG, size in parts:
-                through_size = slope @ term_value
-                if size_slot is not None:
-                    gradient[size_slot] = through_size
-                elif exponent_slot is not None:
-                    gradient[exponent_slot] += through_size * line[1]
-                for (slot, _), derivative in zip(theta_slots, dG, strict=True):
-                    if slot is not None:
-                        gradient[slot] += size * (slope @ derivative)
+            _add_term_gradients(gradient, parts, slope)
             return value, gradient
 
         options = {"ftol": 1e-14, "gtol": 1e-10, "maxiter": 2000}
@@ -273,6 +271,26 @@ class SeparableProblem:
         result.fun = result.fun * delta
         result.bounds = bounds
         return result
+
+    def _polish_bounds(self) -> list[tuple]:
+        """L-BFGS-B's bounds on z = (E, the free terms' ln b, the free nonlinear parameters); None: open."""
+        bounds = ([(self.E_lower, None)] if self.E_free else []) + [(None, None)] * len(self.free_terms)
+        bounds += [(finite_or_none(self.bounds[n][0]), finite_or_none(self.bounds[n][1])) for n in self.free_nonlinear]
+        return bounds
+
+    def _term_plans(self, slots: dict[str, int]) -> list[tuple]:
+        """Per term, what the polish needs to evaluate it from z: its basis and x; per nonlinear parameter its
+        slot in z or its fixed value; the slot of ln b, or the fixed line giving ln b from the exponent; the
+        exponent's slot and its index among the term's nonlinear parameters."""
+        plans = []
+        for j, term in enumerate(self.form.terms):
+            plans.append((
+                term.basis, self.x[term.variable],
+                [(slots.get(n), self.fixed.get(n)) for n in term.nonlinear],
+                slots.get(f"b{j}"), None if f"b{j}" in slots else self._fixed_line(term), slots.get(term.exponent),
+                term.nonlinear.index(term.exponent),
+            ))
+        return plans
 
     def _params(self, z) -> dict[str, float]:
         values, log_b = self._unpack(z)
