@@ -118,31 +118,43 @@ def _fit_one(table: pd.DataFrame, dataset: str | None, args) -> dict:
 
 def _print_fits(report: dict) -> None:
     for name, out in report.items():
-        params = out["params"]
-        print(f"\n{name or 'table'}  ({out['form']} form, {out['method']} method, {out['n_points']} runs, {out['seconds'] * 1e3:.1f} ms)")
-        for key, value in params.items():
-            line = f"  {key:<8} {value:>14.6g}"
-            interval = _interval(out, key)
-            print(line + (f"   [{interval[0]:.6g}, {interval[1]:.6g}]" if interval else ""))
-        if out.get("A_prime") is not None:
-            print(f"  {'A^alpha':<8} {out['A_prime']:>14.6g}")
-        print(f"  R^2 {out['r2']:.4f}   RMSE {out['rmse']:.3g}   objective {out['objective']:.6g}   status {out['status']}")
-        if out["fixed"]:
-            print(f"  fixed: {', '.join(f'{k}={v:g}' for k, v in out['fixed'].items())}")
-        if out["status"] != "converged":
-            print(f"  ({out['reason']})")
+        _print_fit(name, out)
         if "bootstrap" in out:
-            boot = out["bootstrap"]
-            print(f"  bootstrap ({boot['scheme']}): {boot['n_resamples']} resamples, {boot['level']:.0%} intervals, {boot['n_failed']} failed, "
-                  f"{boot['fraction_at_bound']:.0%} at a bound, {boot['seconds']:.1f} s")
-            if boot["p_effect"]:
-                print(f"  streams: {boot['p_effect']}")
-            for row in boot["intervals"]:
-                if row["name"] not in params:
-                    print(f"    {row['name']:<18} {row['estimate']:.4g}   [{row['low']:.4g}, {row['high']:.4g}]")
+            _print_bootstrap(out["bootstrap"], out["params"])
         if "holdout" in out:
-            h = out["holdout"]
-            print(f"  holdout train[{h['train']}] -> test[{h['test']}]: MAPE {h['mape']:.3f}%  max |rel err| {h['max_abs_rel_error']:.4f}  R^2 {h['r2']:.4f}  NMSE {h['nmse']:.4f}  NMAE {h['nmae']:.4f}")
+            _print_holdout(out["holdout"])
+
+
+def _print_fit(name: str | None, out: dict) -> None:
+    """The fit's parameters (with their bootstrap intervals), goodness of fit and status."""
+    params = out["params"]
+    print(f"\n{name or 'table'}  ({out['form']} form, {out['method']} method, {out['n_points']} runs, {out['seconds'] * 1e3:.1f} ms)")
+    for key, value in params.items():
+        line = f"  {key:<8} {value:>14.6g}"
+        interval = _interval(out, key)
+        print(line + (f"   [{interval[0]:.6g}, {interval[1]:.6g}]" if interval else ""))
+    if out.get("A_prime") is not None:
+        print(f"  {'A^alpha':<8} {out['A_prime']:>14.6g}")
+    print(f"  R^2 {out['r2']:.4f}   RMSE {out['rmse']:.3g}   objective {out['objective']:.6g}   status {out['status']}")
+    if out["fixed"]:
+        print(f"  fixed: {', '.join(f'{k}={v:g}' for k, v in out['fixed'].items())}")
+    if out["status"] != "converged":
+        print(f"  ({out['reason']})")
+
+
+def _print_bootstrap(boot: dict, params: dict) -> None:
+    """The resampling's summary and the intervals of the quantities that are not parameters."""
+    print(f"  bootstrap ({boot['scheme']}): {boot['n_resamples']} resamples, {boot['level']:.0%} intervals, {boot['n_failed']} failed, "
+          f"{boot['fraction_at_bound']:.0%} at a bound, {boot['seconds']:.1f} s")
+    if boot["p_effect"]:
+        print(f"  streams: {boot['p_effect']}")
+    for row in boot["intervals"]:
+        if row["name"] not in params:
+            print(f"    {row['name']:<18} {row['estimate']:.4g}   [{row['low']:.4g}, {row['high']:.4g}]")
+
+
+def _print_holdout(check: dict) -> None:
+    print(f"  holdout train[{check['train']}] -> test[{check['test']}]: MAPE {check['mape']:.3f}%  max |rel err| {check['max_abs_rel_error']:.4f}  R^2 {check['r2']:.4f}  NMSE {check['nmse']:.4f}  NMAE {check['nmae']:.4f}")
 
 
 def _interval(out: dict, key: str):
