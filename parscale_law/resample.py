@@ -88,7 +88,8 @@ def variance_components(form: Form, params: dict, data: FitData, free: list[str]
     groupings = [("size", data.sizes)] + ([("cell", data.cells)] if has_replicates(data) else [])
     projections = [_projection(labels) for _, labels in groupings]
     # Statistics: between sizes, between cells within a size, within cells (or within sizes).
-    forms = [projections[0]] + [projections[i] - projections[i - 1] for i in range(1, len(projections))] + [np.eye(n) - projections[-1]]
+    forms = ([projections[0]] + [projections[i] - projections[i - 1] for i in range(1, len(projections))]
+             + [np.eye(n) - projections[-1]])
     names = tuple(name for name, _ in groupings) + ("run",)
     covariances = [M @ _indicator(labels) @ _indicator(labels).T @ M.T for _, labels in groupings] + [M @ M.T]
     design = np.array([[np.trace(A @ S) for S in covariances] for A in forms])
@@ -100,7 +101,8 @@ def variance_components(form: Form, params: dict, data: FitData, free: list[str]
         AS = A @ fitted
         mean, var = np.trace(AS), 2.0 * np.trace(AS @ AS)
         dof.append(float(2.0 * mean**2 / var) if var > 0 else 1.0)
-    return VarianceComponents(names, tuple(float(np.sqrt(v)) for v in variances), tuple(max(d, 0.5) for d in dof), statistics, design)
+    return VarianceComponents(names, tuple(float(np.sqrt(v)) for v in variances),
+                              tuple(max(d, 0.5) for d in dof), statistics, design)
 
 
 def _indicator(labels: np.ndarray) -> np.ndarray:

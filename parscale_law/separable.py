@@ -39,7 +39,8 @@ def _solve_small(matrix: list[list[np.ndarray]], rhs: list[np.ndarray]) -> list[
         return [rhs[0] / matrix[0][0]]
     if k == 2:
         det = matrix[0][0] * matrix[1][1] - matrix[0][1] * matrix[1][0]
-        return [(rhs[0] * matrix[1][1] - matrix[0][1] * rhs[1]) / det, (matrix[0][0] * rhs[1] - matrix[1][0] * rhs[0]) / det]
+        return [(rhs[0] * matrix[1][1] - matrix[0][1] * rhs[1]) / det,
+                (matrix[0][0] * rhs[1] - matrix[1][0] * rhs[0]) / det]
     stacked = np.stack([np.stack(row, axis=-1) for row in matrix], axis=-2)
     ridge = 1e-12 * np.trace(stacked, axis1=-2, axis2=-1)[:, None, None] * np.eye(k)
     solved = np.linalg.solve(stacked + ridge, np.stack(rhs, axis=-1)[..., None])[..., 0]
@@ -129,14 +130,16 @@ class SeparableProblem:
         with np.errstate(all="ignore"):
             grid_objective = huber_sum(log_residuals(y, predicted), delta, w, axis=-1)
         grid_objective = np.where(np.isfinite(grid_objective), grid_objective, np.inf).reshape(self.grid_shape)
-        is_minimum = (minimum_filter(grid_objective, size=3, mode="constant", cval=np.inf) == grid_objective) & np.isfinite(grid_objective)
+        is_minimum = ((minimum_filter(grid_objective, size=3, mode="constant", cval=np.inf) == grid_objective)
+                      & np.isfinite(grid_objective))
         candidates = np.argwhere(is_minimum)
         order = np.argsort(grid_objective[is_minimum])[:POLISHED_MINIMA]
         best = None
         for index in candidates[order]:
             cell = np.ravel_multi_index(tuple(index), self.grid_shape)
             start = ([E[cell]] if self.E_free else []) + [math.log(coefficient[cell]) for coefficient in b]
-            start += [self.axes[self.nonlinear.index(name)][index[self.nonlinear.index(name)]] for name in self.free_nonlinear]
+            start += [self.axes[self.nonlinear.index(name)][index[self.nonlinear.index(name)]]
+                      for name in self.free_nonlinear]
             result = self._polish(np.array(start, dtype=float), y, w, delta)
             if best is None or result.fun < best.fun:
                 best = result
@@ -173,7 +176,8 @@ class SeparableProblem:
         if k == 0:
             return np.zeros(cells), []
         vt = v * target
-        rhs = [np.broadcast_to(vt.sum(axis=-1) if j is None else (np.sum(self.G[j] * vt, axis=-1) if per_cell else self.G[j] @ vt), (cells,))
+        rhs = [np.broadcast_to(vt.sum(axis=-1) if j is None
+                               else (np.sum(self.G[j] * vt, axis=-1) if per_cell else self.G[j] @ vt), (cells,))
                for j in columns]
         gram = [[None] * k for _ in range(k)]
         for a, ja in enumerate(columns):
@@ -199,7 +203,8 @@ class SeparableProblem:
                 for a, value in zip(free, solved, strict=True):
                     beta[a] = value
             with np.errstate(all="ignore"):
-                feasible = np.logical_and.reduce([np.isfinite(beta[a]) & (beta[a] >= lower[a] - 1e-12) for a in range(k)])
+                feasible = np.logical_and.reduce([np.isfinite(beta[a]) & (beta[a] >= lower[a] - 1e-12)
+                                                  for a in range(k)])
                 value = constant - 2 * sum(beta[a] * rhs[a] for a in range(k))
                 value = value + sum(beta[a] * beta[c] * gram[a][c] for a in range(k) for c in range(k))
             better = feasible & (value < best_value)
@@ -236,7 +241,8 @@ class SeparableProblem:
         high = np.array([np.inf if b[1] is None else b[1] for b in bounds])
         start = np.clip(start, low, high)
         log_y, P = np.log(y), self.data.P
-        slots = {name: i for i, name in enumerate(["E"] * self.E_free + [f"b{j}" for j in self.free_terms] + self.free_nonlinear)}
+        slots = {name: i for i, name in enumerate(
+            ["E"] * self.E_free + [f"b{j}" for j in self.free_terms] + self.free_nonlinear)}
         E_slot, E_value = slots.get("E"), self.fixed.get("E")
         plans = self._term_plans(slots)
 
@@ -267,7 +273,8 @@ class SeparableProblem:
             if not result.success:
                 # A line search can stall where the Huber objective's curvature jumps (|r| = delta);
                 # restarting from there resets L-BFGS-B's curvature memory and usually finishes the job.
-                result = minimize(value_and_gradient, result.x, jac=True, method="L-BFGS-B", bounds=bounds, options=options)
+                result = minimize(value_and_gradient, result.x, jac=True, method="L-BFGS-B",
+                                  bounds=bounds, options=options)
         result.fun = result.fun * delta
         result.bounds = bounds
         return result
@@ -297,7 +304,8 @@ class SeparableProblem:
         params = {"E": float(values["E"])}
         for j, term in enumerate(self.form.terms):
             if j in log_b:
-                params[term.scale] = term.scale_from(float(log_b[j]), float(values[term.exponent]), self.refs[term.variable])
+                params[term.scale] = term.scale_from(float(log_b[j]), float(values[term.exponent]),
+                                                     self.refs[term.variable])
             else:
                 params[term.scale] = float(self.fixed[term.scale])
         params.update({name: float(values[name]) for name in self.nonlinear})

@@ -75,7 +75,8 @@ def _truth(truth, form) -> tuple[dict[str, float], Form]:
     law_form = get_form(form)
     missing = sorted(set(law_form.param_names) - set(truth))
     if missing:
-        raise ValueError(f"truth lacks {missing} of the {law_form.name!r} form's parameters {list(law_form.param_names)}")
+        raise ValueError(f"truth lacks {missing} of the {law_form.name!r} form's parameters "
+                         f"{list(law_form.param_names)}")
     return {name: float(truth[name]) for name in law_form.param_names}, law_form
 
 

@@ -186,13 +186,15 @@ def prepare(
 def _required_columns(table: pd.DataFrame, loss_column: str, need_tokens: bool) -> tuple[str, ...]:
     """The columns the fit reads; refuses a table without them."""
     if not isinstance(table, pd.DataFrame):
-        raise InvalidTableError(f"expected a pandas DataFrame, got {type(table).__name__}; read files with read_results()")
+        raise InvalidTableError(f"expected a pandas DataFrame, got {type(table).__name__}; "
+                                "read files with read_results()")
     required = ("params", "P", loss_column) + (("tokens",) if need_tokens else ())
     missing = [c for c in required if c not in table.columns]
     if missing:
         raise InvalidTableError(
             f"missing column(s) {missing}; the table has {list(table.columns)}. "
-            "A results table needs params (non-embedding N), P and loss" + (", and tokens for this form" if need_tokens else "")
+            "A results table needs params (non-embedding N), P and loss"
+            + (", and tokens for this form" if need_tokens else "")
         )
     return required
 
@@ -206,7 +208,8 @@ def _one_dataset(table: pd.DataFrame, dataset: str | None) -> pd.DataFrame:
     names = sorted(map(str, table["dataset"].dropna().unique()))
     if dataset is None:
         if len(names) > 1:
-            raise InvalidTableError(f"the table holds several data sets {names}; choose one with dataset=NAME (--dataset NAME)")
+            raise InvalidTableError(f"the table holds several data sets {names}; "
+                                    "choose one with dataset=NAME (--dataset NAME)")
         return table
     if dataset not in names:
         raise InvalidTableError(f"no rows for dataset {dataset!r}; the table has {names}")
@@ -252,10 +255,12 @@ def _check_no_duplicates(table: pd.DataFrame) -> None:
         )
 
 
-def _check_design(values, rows: int, min_rows: int, need_several_N: bool, need_several_P: bool, need_tokens: bool) -> None:
+def _check_design(values, rows: int, min_rows: int, need_several_N: bool, need_several_P: bool,
+                  need_tokens: bool) -> None:
     """Enough rows for the form, and the spread in N, P and tokens that it needs."""
     if rows < min_rows:
-        raise InvalidTableError(f"{rows} usable rows but the form needs at least {min_rows} (its free parameters + 1); add runs")
+        raise InvalidTableError(f"{rows} usable rows but the form needs at least {min_rows} (its free parameters + 1); "
+                                "add runs")
     if need_several_N and np.unique(values["params"]).size < 2:
         raise InvalidTableError("all rows have the same params; the law needs runs at two or more model sizes")
     if need_several_P and np.unique(values["P"]).size < 2:
