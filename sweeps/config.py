@@ -85,9 +85,11 @@ def _check_data(data: DataConfig) -> None:
     if data.source != "hub" and data.blob_store:
         raise ConfigError(f"data.blob_store applies to hub data only; {data.source} reads its own files")
     if data.source != "hub" and data.eval_split:
-        raise ConfigError(f"data.eval_split applies to hub data only; {data.source} holds out by hash (holdout_fraction)")
+        raise ConfigError("data.eval_split applies to hub data only; "
+                          f"{data.source} holds out by hash (holdout_fraction)")
     if data.eval_split is None and not 0 < data.holdout_fraction < 1:
-        raise ConfigError(f"data.holdout_fraction={data.holdout_fraction} must lie in (0, 1) when data.eval_split is null")
+        raise ConfigError(f"data.holdout_fraction={data.holdout_fraction} must lie in (0, 1) "
+                          "when data.eval_split is null")
 
 
 @dataclass
@@ -111,7 +113,8 @@ def _check_optim(optim: OptimConfig) -> None:
     if not 0 <= optim.warmup_fraction < 1 or not 0 < optim.decay_fraction <= 1:
         raise ConfigError("optim.warmup_fraction must lie in [0, 1) and optim.decay_fraction in (0, 1]")
     if optim.parscale_lr_scale <= 0:
-        raise ConfigError(f"optim.parscale_lr_scale={optim.parscale_lr_scale} must be positive (1 = the backbone's rate)")
+        raise ConfigError(f"optim.parscale_lr_scale={optim.parscale_lr_scale} must be positive "
+                          "(1 = the backbone's rate)")
 
 
 @dataclass
@@ -181,7 +184,8 @@ def _check_model(config: TrainConfig) -> None:
     if "name" not in config.model:
         raise ConfigError("the model mapping has no `name`; compose it with model=<size> (conf/model/*.yaml)")
     if config.parscale_n < 1:
-        raise ConfigError(f"parscale_n={config.parscale_n}: P must be at least 1 (1 = plain Qwen2); set parscale_n=1, 2, 4 or 8")
+        raise ConfigError(f"parscale_n={config.parscale_n}: P must be at least 1 (1 = plain Qwen2); "
+                          "set parscale_n=1, 2, 4 or 8")
     model_p = config.model.get("parscale_n", config.parscale_n)
     if model_p != config.parscale_n:
         raise ConfigError(

@@ -115,10 +115,12 @@ def _check_branches(planned: list[PlannedCell], todo: list[PlannedCell]) -> None
 
 def _check_against_existing(sweep_dir: Path, manifest: Manifest, planned: list[PlannedCell]) -> None:
     existing = Manifest.read(sweep_dir)
-    if existing is not None and (existing.grid, existing.scale, existing.dataset) != (manifest.grid, manifest.scale, manifest.dataset):
+    if existing is not None and ((existing.grid, existing.scale, existing.dataset)
+                                 != (manifest.grid, manifest.scale, manifest.dataset)):
         raise LaunchError(
             f"{sweep_dir} holds the sweep of grid={existing.grid} scale={existing.scale} ({existing.dataset}), not "
-            f"grid={manifest.grid} scale={manifest.scale} ({manifest.dataset}); set hydra.sweep.dir to another directory"
+            f"grid={manifest.grid} scale={manifest.scale} ({manifest.dataset}); "
+            "set hydra.sweep.dir to another directory"
         )
     for p in planned:
         saved = Path(p.config.run_dir) / "config.yaml"
@@ -276,11 +278,13 @@ class SlurmGridLauncher(SlurmLauncher):
         scratch_hours = sum(plan.gpu_hours for plan in self._plan_cells(
             [PlannedCell(Cell(f"{config.size}-P{config.parscale_n}", []), config, 0) for config in scratch.values()],
             timeout_min))
-        by_stage = {stage: sum(plan.gpu_hours for p, plan in zip(everything, cell_plans, strict=True) if p.cell.stage == stage)
+        by_stage = {stage: sum(plan.gpu_hours for p, plan in zip(everything, cell_plans, strict=True)
+                               if p.cell.stage == stage)
                     for stage in (1, 2)}
         total = by_stage[1] + by_stage[2]
         return (f"\ntwo stages: {total:,.0f} GPU-hours (stage 1: {by_stage[1]:,.0f}, stage 2: {by_stage[2]:,.0f}); "
-                f"the same {len(scratch)} cells from scratch: {scratch_hours:,.0f} GPU-hours ({total / scratch_hours:.2f}x)")
+                f"the same {len(scratch)} cells from scratch: "
+                f"{scratch_hours:,.0f} GPU-hours ({total / scratch_hours:.2f}x)")
 
     def _plan_cells(self, cells: list[PlannedCell], timeout_min: float):
         """Each GPU cell's plan (sweeps/planner.py); none for CPU-only cells."""
@@ -292,7 +296,8 @@ class SlurmGridLauncher(SlurmLauncher):
                                            "gpus_per_node": self.params["gpus_per_node"]}, timeout_min)
         return [plan_cell(p.cell.name, p.config, hardware) for p in cells]
 
-    def _groups(self, cells: list[PlannedCell], plans: dict, timeout_min: float, submitted: dict) -> list[SubmissionGroup]:
+    def _groups(self, cells: list[PlannedCell], plans: dict, timeout_min: float,
+                submitted: dict) -> list[SubmissionGroup]:
         """The cells by what one job array shares: resources, and a stage 2's stage-1 job to wait for."""
         explicit = {key: self.params[key] for key in ("nodes", "tasks_per_node", "signal_delay_s", "max_num_timeout")
                     if self.params.get(key) is not None}
@@ -338,7 +343,8 @@ class SlurmGridLauncher(SlurmLauncher):
             )
         if self.params.get("max_num_timeout") is not None and int(self.params["max_num_timeout"]) < 1:
             raise LaunchError(
-                "hydra.launcher.max_num_timeout=0 would never requeue a timed-out or preempted cell; set it to 1 or more"
+                "hydra.launcher.max_num_timeout=0 would never requeue a timed-out or preempted cell; "
+                "set it to 1 or more"
             )
         for key in ("nodes", "tasks_per_node"):
             if self.params.get(key) is not None and int(self.params[key]) < 1:
@@ -348,19 +354,22 @@ class SlurmGridLauncher(SlurmLauncher):
         if sinfo.returncode:
             # Installed but not running (or unreachable): sbatch would fail later with its own multi-line noise.
             raise LaunchError(
-                f"SLURM does not answer here (sinfo: {(sinfo.stderr.strip().splitlines() or [f'exit {sinfo.returncode}'])[0]}): "
+                "SLURM does not answer here (sinfo: "
+                f"{(sinfo.stderr.strip().splitlines() or [f'exit {sinfo.returncode}'])[0]}): "
                 "start its controller, "
                 "or run the grid at tiny scale on this machine with scale=tiny"
             )
         gres = dict(line.split(" ", 1) for line in sinfo.stdout.split("\n") if " " in line)
         partition = self.params.get("partition")
         if partition and gres and partition not in gres:
-            raise LaunchError(f"hydra.launcher.partition={partition} is not a partition of this cluster; choose one of {', '.join(gres)}")
+            raise LaunchError(f"hydra.launcher.partition={partition} is not a partition of this cluster; "
+                              f"choose one of {', '.join(gres)}")
         offered = [gres[partition]] if partition in gres else list(gres.values())
         if self.params.get("gpus_per_node") and gres and not any("gpu" in value for value in offered):
             raise LaunchError(
-                f"hydra.launcher.gpus_per_node={self.params['gpus_per_node']} but {partition or 'no partition'} offers no GPUs "
-                "(sinfo GRES); choose a GPU partition with hydra.launcher.partition=NAME, or set hydra.launcher.gpus_per_node=0"
+                f"hydra.launcher.gpus_per_node={self.params['gpus_per_node']} but {partition or 'no partition'} "
+                "offers no GPUs (sinfo GRES); choose a GPU partition with hydra.launcher.partition=NAME, "
+                "or set hydra.launcher.gpus_per_node=0"
             )
 
 

@@ -73,7 +73,8 @@ def prepare(data: DataConfig, out: str | Path, workers: int | None = None, segme
             manifest = read_manifest(out)
             if manifest["source"] != source_of(data):
                 prepared = manifest["source"]["path"] or manifest["source"]["source"]
-                raise ConfigError(f"out={out} holds a preparation of other data ({prepared}); use another out=DIR or delete it")
+                raise ConfigError(f"out={out} holds a preparation of other data ({prepared}); "
+                                  "use another out=DIR or delete it")
             return manifest
         return _prepare(data, out, workers or _cores(), segment_bytes, commit_interval_s, report_interval_s, report)
 
@@ -95,7 +96,8 @@ def _prepare(data, out, workers, segment_bytes, commit_interval_s, report_interv
                 documents.load_state_dict(reader_state)
                 reader_state = None
             pending = deque()  # (result, reader position after its segment, blobs missing by then)
-            for segment, state, missing_now in _segments(documents, passes[pass_index], data.holdout_fraction, segment_bytes):
+            for segment, state, missing_now in _segments(
+                    documents, passes[pass_index], data.holdout_fraction, segment_bytes):
                 progress.text_bytes += sum(len(text) for texts in segment.values() for text in texts)
                 result = pool.apply_async(_tokenize, (segment,)) if pool else _Done(_tokenize(segment))
                 pending.append((result, state, missing + missing_now))
@@ -148,7 +150,8 @@ def _resume_point(data, out: Path, identity: dict) -> tuple[Progress, int, dict 
 def _write_manifest(data, out: Path, identity: dict, progress: Progress, missing: int, report) -> dict:
     """Finishes the preparation: the manifest replaces the progress file, and the last report line."""
     if progress.splits["train"]["documents"] == 0:
-        raise ConfigError(f"data={data.name} gave no training documents; check data.path, data.data_files and the split")
+        raise ConfigError(f"data={data.name} gave no training documents; "
+                          "check data.path, data.data_files and the split")
     manifest = {**identity, "revision": source_revision(data), "splits": progress.splits, "missing_blobs": missing,
                 "seconds": round(time.time() - progress.started, 1), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
@@ -356,7 +359,8 @@ def parse_arguments(argv: list[str]) -> tuple[DataConfig, dict]:
             cfg = compose(config_name="config", overrides=overrides)
         missing = sorted(OmegaConf.missing_keys(cfg.data))
         if missing:
-            raise ConfigError(f"data.{missing[0]} is required (it is ??? in conf/data/); set it, e.g. data.{missing[0]}=...")
+            raise ConfigError(f"data.{missing[0]} is required (it is ??? in conf/data/); "
+                              f"set it, e.g. data.{missing[0]}=...")
         data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), cfg.data))
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_one_line(error)) from None

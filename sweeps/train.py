@@ -110,7 +110,8 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
 
     end_step, the_run_id = stages.last_step(config), run_id(config)
     checkpointer = Checkpointer(run_dir, env, keep=config.checkpoints_keep, async_save=config.async_checkpoint)
-    branches = Checkpointer(run_dir, env, keep=None, async_save=False, folder=stages.BRANCHES) if config.stage == 1 else None
+    branches = (Checkpointer(run_dir, env, keep=None, async_save=False, folder=stages.BRANCHES)
+                if config.stage == 1 else None)
     step, ema, elapsed_before = _resume_or_start(config, trained, optimizer, checkpointer, batches, env, the_run_id)
     start = _evaluate_start(run_dir, trained, eval_rows, config, env, fresh=latest_checkpoint(run_dir) is None)
 
@@ -160,8 +161,8 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
     checkpointer.remove_all()
     if env.is_main:
         wandb.finish(result)
-        print(f"done: loss {result['loss']:.4f} (smoothed), eval loss {result['eval_loss']:.4f}; {run_dir / 'result.json'}",
-              flush=True)
+        print(f"done: loss {result['loss']:.4f} (smoothed), eval loss {result['eval_loss']:.4f}; "
+              f"{run_dir / 'result.json'}", flush=True)
     return result
 
 
@@ -172,7 +173,8 @@ def _open_run_dir(run_dir: Path, config: TrainConfig, env) -> dict | None:
     if (run_dir / "result.json").exists():
         return json.loads((run_dir / "result.json").read_text())
     if (run_dir / "checkpoint.pt").exists():
-        raise ConfigError(f"{run_dir} holds a checkpoint.pt of an older version of this toolkit; start the run in a new run dir")
+        raise ConfigError(f"{run_dir} holds a checkpoint.pt of an older version of this toolkit; "
+                          "start the run in a new run dir")
     return None
 
 
@@ -187,7 +189,8 @@ def _accumulation(config: TrainConfig, env) -> int:
     return num_shards // env.world_size
 
 
-def _start_banner(config: TrainConfig, env, step: int, counts, layout: str, accumulation: int, compile_blocks: bool) -> str:
+def _start_banner(config: TrainConfig, env, step: int, counts, layout: str, accumulation: int,
+                  compile_blocks: bool) -> str:
     first = stages.first_step(config)
     stage = f", stage {config.stage} (steps {first}-{stages.last_step(config)})" if config.stage else ""
     return (
@@ -225,7 +228,8 @@ def _step_row(config: TrainConfig, env, step: int, loss_value: float, ema: float
 def _signal_and_timer(config: TrainConfig, env, guard: PreemptionGuard, last_save: float) -> list[int]:
     """What all processes agree on before saving: the signal any of them caught, and whether
     checkpoint_interval_min has passed on any of them."""
-    minutes_due = config.checkpoint_interval_min and time.perf_counter() - last_save >= 60 * config.checkpoint_interval_min
+    minutes_due = (config.checkpoint_interval_min
+                   and time.perf_counter() - last_save >= 60 * config.checkpoint_interval_min)
     return distributed.all_max([guard.signum, int(bool(minutes_due))], env)
 
 
@@ -446,7 +450,8 @@ def evaluate(trained, rows: torch.Tensor, micro_batch_size: int, env) -> dict:
         return {"eval_loss": distributed.all_sum([total], env)[0] / rows.shape[0]}
     total, distance, entropy, tokens = distributed.all_sum(
         [total, diversity.distance_sum, diversity.entropy_sum, diversity.tokens], env)
-    return {"eval_loss": total / rows.shape[0], "stream_distance": distance / tokens, "weight_entropy": entropy / tokens}
+    return {"eval_loss": total / rows.shape[0], "stream_distance": distance / tokens,
+            "weight_entropy": entropy / tokens}
 
 
 def _claim(run_dir: Path, config: TrainConfig, env) -> None:

@@ -159,7 +159,8 @@ def read_runs(directory: str | Path, pattern: str = "*run-*/run-*.wandb") -> lis
             for step, row in attempt.history.items():
                 history.setdefault(step, row)
         last = group[-1]
-        runs.append(Run(run_id, last.project, last.group, last.name, config, summary, dict(sorted(history.items())), group))
+        runs.append(Run(run_id, last.project, last.group, last.name, config, summary,
+                        dict(sorted(history.items())), group))
     return runs
 
 
