@@ -1,6 +1,7 @@
 """Attention at P > 1: without padding SDPA gets no per-row mask and the unrepeated key/value heads (on a GPU
-no mask at all, so that it may take the flash kernel); every attention implementation gives the same logits, with and without padding,
-also through generate(); the implementation is chosen on the config; sliding windows keep the prefix visible."""
+no mask at all, so that it may take the flash kernel); every attention implementation gives the same logits, with
+and without padding, also through generate(); the implementation is chosen on the config; sliding windows keep the
+prefix visible."""
 
 import importlib.util
 

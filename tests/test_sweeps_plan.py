@@ -26,7 +26,8 @@ def dry_run(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     no_programs = tmp_path / "empty-path"
     no_programs.mkdir(exist_ok=True)
     return subprocess.run(
-        [sys.executable, "-m", "sweeps.launch", *overrides, "sweep.dry_run=true", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        [sys.executable, "-m", "sweeps.launch", *overrides, "sweep.dry_run=true",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PATH": str(no_programs)},  # no sbatch, no sinfo: a dry run needs no SLURM
     )

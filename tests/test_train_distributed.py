@@ -97,7 +97,8 @@ def test_two_processes_save_and_one_process_resumes_on_the_same_curve(tmp_path):
     reference = train(tiny_config(reference_dir, steps, *BATCH[:-1], tokens))
     reference_rows = read_metrics(reference_dir / "metrics.jsonl")
     run_dir = tmp_path / "run"
-    overrides = [item for item in tiny_overrides(run_dir, steps, *BATCH[:-1], tokens) if not item.startswith("run_dir=")]
+    overrides = [item for item in tiny_overrides(run_dir, steps, *BATCH[:-1], tokens)
+                 if not item.startswith("run_dir=")]
     tasks = start_like_srun([*overrides, "strategy=fsdp", "checkpoint_interval=1000", f"hydra.run.dir={run_dir}"])
     metrics = run_dir / "metrics.jsonl"
     while tasks[1].poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 20):

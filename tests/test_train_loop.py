@@ -141,7 +141,8 @@ def test_two_stage_from_a_qwen2_checkpoint_and_refusals(tmp_path):
     from models import parscale_config
 
     fields = parscale_config("tiny-96").to_dict()
-    qwen2 = Qwen2ForCausalLM(Qwen2Config(**{key: value for key, value in fields.items() if not key.startswith("parscale")}))
+    qwen2 = Qwen2ForCausalLM(Qwen2Config(**{key: value for key, value in fields.items()
+                                            if not key.startswith("parscale")}))
     qwen2.save_pretrained(tmp_path / "qwen2")
     result = train(tiny_config(tmp_path / "stage2", 2, f"init_from={tmp_path / 'qwen2'}", "parscale_n=4"))
     assert result["P"] == 4 and result["status"] == "done"
@@ -183,8 +184,10 @@ def test_parscale_parameters_get_their_own_learning_rate_and_decay(tmp_path):
     from sweeps.build import build_optimizer, build_trained, model_config
     from sweeps.distributed import Environment
 
-    config = tiny_config(tmp_path / "run", 5, "parscale_n=2", "optim.parscale_lr_scale=4", "optim.parscale_weight_decay=0")
-    trained, model = build_trained(config, model_config(config, 259), Environment(0, 1, 0, torch.device("cpu")), "ddp", False)
+    config = tiny_config(tmp_path / "run", 5, "parscale_n=2", "optim.parscale_lr_scale=4",
+                         "optim.parscale_weight_decay=0")
+    trained, model = build_trained(config, model_config(config, 259), Environment(0, 1, 0, torch.device("cpu")),
+                                   "ddp", False)
     optimizer = build_optimizer(trained, config.optim)
     by_scale = {}
     for group in optimizer.param_groups:

@@ -65,7 +65,8 @@ def test_an_attempt_killed_before_wandb_wrote_its_steps_is_filled_in_by_the_next
     config = WandbConfig(mode="offline", project="parscale", group="grid", name="cell")
     big_config = {"notes": "x" * 70_000}  # a record longer than a 32 KiB block of the log
     log = MetricsLog(tmp_path / "metrics.jsonl", resume_step=0)
-    rows = [{"step": step, "loss": 10.0 / step, **{f"metric_{i}": step * i for i in range(12)}} for step in range(1, 331)]
+    rows = [{"step": step, "loss": 10.0 / step, **{f"metric_{i}": step * i for i in range(12)}}
+            for step in range(1, 331)]
 
     first = WandbLogger(config, tmp_path, "cell0001", big_config)
     for row in rows[:300]:
