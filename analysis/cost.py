@@ -95,7 +95,7 @@ class ModelShape:
     tied_embeddings: bool = True
 
     @classmethod
-    def from_config(cls, config) -> "ModelShape":
+    def from_config(cls, config) -> ModelShape:
         """From a ``Qwen2ParScaleConfig`` (or anything with its field names)."""
         return cls(
             hidden_size=config.hidden_size,
@@ -109,7 +109,7 @@ class ModelShape:
         )
 
     @classmethod
-    def from_size(cls, size: str, **overrides) -> "ModelShape":
+    def from_size(cls, size: str, **overrides) -> ModelShape:
         """A named size of ``models`` ("1.6B", "tiny-96", ...); ``overrides`` set config fields."""
         return cls.from_config(parscale_config(size, **overrides))
 
@@ -255,7 +255,8 @@ def inference_cost(
 ) -> InferenceCost:
     """The modelled cost of ``generate`` for one setting (see the module docstring for the accounting)."""
     if P < 1 or batch < 1 or input_tokens < 1 or output_tokens < 1:
-        raise ValueError(f"P, batch, input_tokens and output_tokens must be >= 1; got {P}, {batch}, {input_tokens}, {output_tokens}")
+        raise ValueError("P, batch, input_tokens and output_tokens must be >= 1; "
+                         f"got {P}, {batch}, {input_tokens}, {output_tokens}")
     if not (0 < flop_efficiency <= 1 and 0 < memory_efficiency <= 1):
         raise ValueError("efficiencies are fractions of the peak: give values in (0, 1]")
     shape = size if isinstance(size, ModelShape) else ModelShape.from_size(size)
@@ -281,13 +282,15 @@ def inference_cost(
         gpu=spec.name,
         weight_bytes=BYTES_PER_VALUE * shape.total_params(P),
         kv_cache_bytes=rows * cached_positions * shape.num_layers * shape.kv_bytes_per_position,
-        activation_bytes=BYTES_PER_VALUE * max(rows * prompt * shape.intermediate_size, batch * prompt * shape.vocab_size),
+        activation_bytes=BYTES_PER_VALUE * max(rows * prompt * shape.intermediate_size,
+                                               batch * prompt * shape.vocab_size),
         prefill_s=prefill,
         decode_s=decode,
     )
 
 
-def _forward_seconds(shape: ModelShape, P, batch, positions_per_row, logit_positions, context, cache_traffic, flop_rate, byte_rate) -> float:
+def _forward_seconds(shape: ModelShape, P, batch, positions_per_row, logit_positions, context, cache_traffic, flop_rate,
+                     byte_rate) -> float:
     """One forward pass: ``positions_per_row`` new positions in each of the P x batch rows, attending to
     ``context`` keys, moving ``cache_traffic`` positions of KV cache per row and layer, and producing
     ``logit_positions`` outputs per batch row. Each part costs the larger of its FLOPs and its bytes."""
@@ -348,7 +351,8 @@ def compare_scaling(
     if not size_losses.min() <= target <= size_losses.max():
         raise ValueError(
             f"{base} at P={P} reaches loss {target:.4f}, outside the P=1 sizes' range "
-            f"[{size_losses.min():.4f}, {size_losses.max():.4f}]; add a larger size so parameter scaling is interpolated"
+            f"[{size_losses.min():.4f}, {size_losses.max():.4f}]; "
+            "add a larger size so parameter scaling is interpolated"
         )
     order = np.argsort(size_losses)
     rows = []
@@ -373,7 +377,8 @@ def compare_scaling(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.cost", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--compare", action="store_true", help="parallel vs parameter scaling ratios per batch size (the paper's Figure 4)")
+    parser.add_argument("--compare", action="store_true",
+                        help="parallel vs parameter scaling ratios per batch size (the paper's Figure 4)")
     parser.add_argument("--size", default="1.6B", help="model size, e.g. 1.6B (default) or tiny-96")
     parser.add_argument("--P", type=int, default=1, help="parallel streams (default 1)")
     parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
@@ -391,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 print(json.dumps({str(row.pop("batch")): row for row in table.to_dict(orient="records")}, indent=2))
             else:
-                print(f"{PAPER_BASE} at P={PAPER_COMPARE_P} vs parameter scaling to the same loss ({args.gpu}, lengths {PAPER_LENGTHS}):")
+                print(f"{PAPER_BASE} at P={PAPER_COMPARE_P} vs parameter scaling to the same loss ({args.gpu}, "
+                      f"lengths {PAPER_LENGTHS}):")
                 print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         else:
             cost = inference_cost(args.size, args.P, args.batch, args.input_tokens, args.output_tokens, **settings)
@@ -399,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(cost.to_dict(), indent=2))
             else:
                 print(
-                    f"{cost.size} P={cost.P} batch={cost.batch}, {cost.input_tokens} in + {cost.output_tokens} out on {cost.gpu}: "
+                    f"{cost.size} P={cost.P} batch={cost.batch}, "
+                    f"{cost.input_tokens} in + {cost.output_tokens} out on {cost.gpu}: "
                     f"memory {cost.memory_gb:.3f} GB, latency {cost.latency_s:.4f} s "
                     f"(prefill {cost.prefill_s * 1e3:.1f} ms + decode {cost.decode_s * 1e3:.1f} ms)"
                 )

@@ -60,7 +60,8 @@ def _band(boot: BootstrapResult, result: FitResult, function) -> tuple[np.ndarra
 
 def _require_multiplier(result: FitResult) -> None:
     if result.multiplier(np.array([2.0])) is None:
-        raise ValueError(f"the {result.form!r} form defines no effective-parameter multiplier; draw loss_vs_params instead")
+        raise ValueError(f"the {result.form!r} form defines no effective-parameter multiplier; "
+                         "draw loss_vs_params instead")
 
 
 def implied_multipliers(result: FitResult, runs: pd.DataFrame) -> np.ndarray:
@@ -87,17 +88,19 @@ def equivalence(result: FitResult, boot=None, table: pd.DataFrame | None = None,
         left.plot(grid, result.multiplier(grid), color="black", lw=1.5, label="fit", gid="multiplier")
         if boot is not None:
             low, high = _band(boot, result, lambda params: result.law_form.multiplier(params, grid))
-            left.fill_between(grid, low, high, color="grey", alpha=0.3, lw=0, label=f"{boot.level:.0%} bootstrap", gid="bootstrap band")
+            left.fill_between(grid, low, high, color="grey", alpha=0.3, lw=0, label=f"{boot.level:.0%} bootstrap",
+                              gid="bootstrap band")
         own = implied_multipliers(result, runs)
         for P in all_P:
             mask = (runs["P"] == P).to_numpy()
             left.scatter(
-                np.full(mask.sum(), P), own[mask], marker=P_marker(P), s=P_marker_size(P) * 0.6, color=P_colour(P, all_P),
-                edgecolor="black", linewidth=0.4, zorder=3, gid=f"run multiplier P={P:g}",
+                np.full(mask.sum(), P), own[mask], marker=P_marker(P), s=P_marker_size(P) * 0.6,
+                color=P_colour(P, all_P), edgecolor="black", linewidth=0.4, zorder=3, gid=f"run multiplier P={P:g}",
                 label="runs: $N_{P=1}$(same loss) / $N$" if P == all_P[-1] else None,
             )
         left.axvspan(max(all_P), grid[-1], color="grey", alpha=0.08, lw=0)
-        left.text(max(all_P) * 1.05, 0.04, "extrapolated", transform=left.get_xaxis_transform(), fontsize=6, color="grey")
+        left.text(max(all_P) * 1.05, 0.04, "extrapolated", transform=left.get_xaxis_transform(), fontsize=6,
+                  color="grey")
         left.set_xscale("log", base=2)
         left.xaxis.set_major_formatter(FormatStrFormatter("%g"))
         left.set_xlabel("Parallel streams $P$")
@@ -106,15 +109,18 @@ def equivalence(result: FitResult, boot=None, table: pd.DataFrame | None = None,
 
         effective = runs["params"].to_numpy(float) * result.multiplier(runs["P"].to_numpy(float))
         curve = np.geomspace(effective.min() / 1.15, effective.max() * 1.15, 200)
-        right.plot(curve, result.predict(curve, np.ones_like(curve)), color="black", lw=1.2, label="law at $P=1$", gid="law at P=1")
+        right.plot(curve, result.predict(curve, np.ones_like(curve)), color="black", lw=1.2, label="law at $P=1$",
+                   gid="law at P=1")
         for P in all_P:
             mask = (runs["P"] == P).to_numpy()
             right.scatter(
                 effective[mask], runs["loss"].to_numpy(float)[mask], marker=P_marker(P), s=P_marker_size(P),
-                color=P_colour(P, all_P), edgecolor="black", linewidth=0.5, zorder=3, label=P_label(P), gid=f"collapsed P={P:g}",
+                color=P_colour(P, all_P), edgecolor="black", linewidth=0.5, zorder=3, label=P_label(P),
+                gid=f"collapsed P={P:g}",
             )
         log_params_axis(right.xaxis)
-        right.set_xlabel(r"Effective parameters $N\,(1 + k\,\ln P)$" if result.form == "log" else "Effective parameters")
+        right.set_xlabel(r"Effective parameters $N\,(1 + k\,\ln P)$" if result.form == "log"
+                         else "Effective parameters")
         right.set_ylabel("Loss")
         right.legend(loc="upper right")
         if title:
@@ -123,7 +129,8 @@ def equivalence(result: FitResult, boot=None, table: pd.DataFrame | None = None,
     return left.figure
 
 
-def multiplier_vs_params(result: FitResult, boot=None, table: pd.DataFrame | None = None, ax=None, title: str | None = None):
+def multiplier_vs_params(result: FitResult, boot=None, table: pd.DataFrame | None = None, ax=None,
+                         title: str | None = None):
     """Each run's implied multiplier against its N (log axis), one line per P > 1 through the sizes, and
     the fit's constant multiplier of that P as a dashed line with its bootstrap band. Under the law the
     lines are flat; a slope says the streams are worth more (or less) at larger N."""
@@ -137,25 +144,29 @@ def multiplier_vs_params(result: FitResult, boot=None, table: pd.DataFrame | Non
         for P in all_P[1:]:
             colour = P_colour(P, all_P)
             mask = (runs["P"] == P).to_numpy()
-            frame = pd.DataFrame({"N": N[mask], "m": own[mask]}).groupby("N", as_index=False)["m"].mean()  # seeds averaged
-            ax.plot(frame["N"], frame["m"], marker=P_marker(P), ms=5 if P == 1 else 7, color=colour, mec="black", mew=0.4,
-                    lw=1.2, label=f"{P_label(P)} runs", gid=f"implied P={P:g}")
+            # seeds averaged
+            frame = pd.DataFrame({"N": N[mask], "m": own[mask]}).groupby("N", as_index=False)["m"].mean()
+            ax.plot(frame["N"], frame["m"], marker=P_marker(P), ms=5 if P == 1 else 7, color=colour, mec="black",
+                    mew=0.4, lw=1.2, label=f"{P_label(P)} runs", gid=f"implied P={P:g}")
             constant = float(result.multiplier(np.array([P]))[0])
             ax.plot(span, [constant, constant], color=colour, lw=1, ls="--", gid=f"fitted P={P:g}")
             if boot is not None:
-                low, high = _band(boot, result, lambda params: float(result.law_form.multiplier(params, np.array([P]))[0]))
+                low, high = _band(boot, result,
+                                  lambda params, P=P: float(result.law_form.multiplier(params, np.array([P]))[0]))
                 ax.fill_between(span, [low, low], [high, high], color=colour, alpha=0.15, lw=0, gid=f"band P={P:g}")
         ax.axhline(1.0, color="grey", lw=0.6)
         log_params_axis(ax.xaxis)
         ax.set_xlabel("Parameters (non-embedding)")
         ax.set_ylabel("Implied multiplier $N_{P=1}$(same loss) / $N$")
-        ax.legend(loc="best", fontsize=6, title="dashed: fit" + (f", band {boot.level:.0%}" if boot is not None else ""), title_fontsize=6)
+        ax.legend(loc="best", fontsize=6,
+                  title="dashed: fit" + (f", band {boot.level:.0%}" if boot is not None else ""), title_fontsize=6)
         if title:
             ax.set_title(f"{title}: multiplier against N", fontweight="bold")
     return ax.figure
 
 
-def streams_for_multiplier(result: FitResult, factors: Sequence[float] = MATCH_FACTORS, boot: BootstrapResult | None = None) -> pd.DataFrame:
+def streams_for_multiplier(result: FitResult, factors: Sequence[float] = MATCH_FACTORS,
+                           boot: BootstrapResult | None = None) -> pd.DataFrame:
     """Per factor m, the P whose streams are worth m times the parameters (inf where no P is), with the
     bootstrap interval when ``boot`` is given, and whether it lies beyond the largest P measured."""
     _require_multiplier(result)
@@ -179,7 +190,8 @@ def streams_for_multiplier(result: FitResult, factors: Sequence[float] = MATCH_F
     return out
 
 
-def streams_to_match(result: FitResult, boot=None, factors: Sequence[float] = MATCH_FACTORS, ax=None, title: str | None = None):
+def streams_to_match(result: FitResult, boot=None, factors: Sequence[float] = MATCH_FACTORS, ax=None,
+                     title: str | None = None):
     """The P needed to match a model ``factors`` times larger (log axis), with bootstrap intervals; P beyond
     the largest measured one is shaded and its markers hollow (an extrapolation of the law in P)."""
     table = streams_for_multiplier(result, factors, boot)
@@ -193,8 +205,10 @@ def streams_to_match(result: FitResult, boot=None, factors: Sequence[float] = MA
         for i, row in enumerate(table.itertuples()):
             inside = not row.extrapolated
             if finite[i]:
-                ax.scatter([i], [row.P], s=40, marker="o", color="black" if inside else "white", edgecolor="black", zorder=3, gid=f"P for {row.factor:g}x")
-                ax.annotate(f"P = {row.P:.3g}", (i, row.P), xytext=(6, 0), textcoords="offset points", fontsize=6.5, va="center")
+                ax.scatter([i], [row.P], s=40, marker="o", color="black" if inside else "white", edgecolor="black",
+                           zorder=3, gid=f"P for {row.factor:g}x")
+                ax.annotate(f"P = {row.P:.3g}", (i, row.P), xytext=(6, 0), textcoords="offset points", fontsize=6.5,
+                            va="center")
             else:
                 ax.annotate("no P", (i, largest), xytext=(0, 6), textcoords="offset points", fontsize=6.5, ha="center")
             if "low" in table.columns:
@@ -202,7 +216,8 @@ def streams_to_match(result: FitResult, boot=None, factors: Sequence[float] = MA
                 ax.plot([i, i], [max(row.low, 1.0), high], color="black", lw=1.2, gid=f"interval {row.factor:g}x")
         ax.axhspan(largest, top, color="grey", alpha=0.1, lw=0)
         ax.axhline(largest, color="grey", lw=0.8, ls="--")
-        ax.text(len(table) - 0.5, largest * 1.1, f"beyond the largest P run ({largest:g})", fontsize=6, color="grey", ha="right", va="bottom")
+        ax.text(len(table) - 0.5, largest * 1.1, f"beyond the largest P run ({largest:g})", fontsize=6, color="grey",
+                ha="right", va="bottom")
         ax.set_yscale("log", base=2)
         ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.set_ylim(1, top)
@@ -214,8 +229,8 @@ def streams_to_match(result: FitResult, boot=None, factors: Sequence[float] = MA
     return ax.figure
 
 
-def form_multipliers(fits: Mapping[str, FitResult], boots: Mapping[str, BootstrapResult] | None = None, ax=None, title: str | None = None,
-                     reach: float = 8.0):
+def form_multipliers(fits: Mapping[str, FitResult], boots: Mapping[str, BootstrapResult] | None = None, ax=None,
+                     title: str | None = None, reach: float = 8.0):
     """Each form's multiplier against P, to ``reach`` times the largest measured P, with the bands of the
     forms that have a bootstrap; the measured range is unshaded. The legend gives each form's AIC gap."""
     boots = boots or {}
@@ -226,7 +241,8 @@ def form_multipliers(fits: Mapping[str, FitResult], boots: Mapping[str, Bootstra
         grid = np.geomspace(1.0, largest * reach, 160)
         for name, result in fits.items():
             colour = FORM_COLOURS.get(name, "#7570b3")
-            ax.plot(grid, result.multiplier(grid), color=colour, lw=1.5, label=f"{name} ($\\Delta$AIC {result.aic - best_aic:.1f})", gid=f"multiplier {name}")
+            ax.plot(grid, result.multiplier(grid), color=colour, lw=1.5,
+                    label=f"{name} ($\\Delta$AIC {result.aic - best_aic:.1f})", gid=f"multiplier {name}")
             if name in boots:
                 low, high = _band(boots[name], result, lambda params, r=result: r.law_form.multiplier(params, grid))
                 ax.fill_between(grid, low, high, color=colour, alpha=0.15, lw=0, gid=f"band {name}")

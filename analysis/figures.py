@@ -35,7 +35,15 @@ from matplotlib.lines import Line2D
 from parscale_law import DATASETS, FitResult, bootstrap, fit, heldout_checks, load_published, prepare, read_results
 
 from . import cost, tables
-from .equivalence import P_values, equivalence, form_multipliers, multiplier_vs_params, panels, runs_of, streams_to_match
+from .equivalence import (
+    P_values,
+    equivalence,
+    form_multipliers,
+    multiplier_vs_params,
+    panels,
+    runs_of,
+    streams_to_match,
+)
 from .style import (
     PARALLEL_SCALING_COLOUR,
     PARAMETER_SCALING_COLOUR,
@@ -78,7 +86,8 @@ def loss_vs_params(result: FitResult, table: pd.DataFrame | None = None, ax=None
         grid = np.geomspace(N.min() / 1.15, N.max() * 1.15, 200)
         for P in all_P:
             colour = P_colour(P, all_P)
-            ax.plot(grid, result.predict(grid, np.full_like(grid, P)), color=colour, lw=2, alpha=0.6, gid=f"fit P={P:g}")
+            ax.plot(grid, result.predict(grid, np.full_like(grid, P)), color=colour, lw=2, alpha=0.6,
+                    gid=f"fit P={P:g}")
             rows = runs[runs["P"] == P]
             ax.scatter(
                 rows["params"], rows["loss"], marker=P_marker(P), s=P_marker_size(P), color=colour,
@@ -88,7 +97,8 @@ def loss_vs_params(result: FitResult, table: pd.DataFrame | None = None, ax=None
             # One label per size, above its highest smallest-P point: with several seeds a size has several.
             smallest_P = runs[runs["P"] == all_P[0]]
             for row in smallest_P.loc[smallest_P.groupby("size")["loss"].idxmax()].itertuples():
-                ax.annotate(str(row.size), (row.params, row.loss), xytext=(2, 5), textcoords="offset points", fontsize=7)
+                ax.annotate(str(row.size), (row.params, row.loss), xytext=(2, 5), textcoords="offset points",
+                            fontsize=7)
         lines = [_param_text(name, value) for name, value in result.params.items()] + [f"$R^2 = {result.r2:.4f}$"]
         ax.text(0.03, 0.04, "\n".join(lines), transform=ax.transAxes, va="bottom", ha="left", fontsize=7)
         log_params_axis(ax.xaxis)
@@ -120,7 +130,8 @@ def loss_contours(result: FitResult, table: pd.DataFrame | None = None, ax=None,
         levels = np.unique(np.round(np.quantile(predicted, np.linspace(0.04, 0.96, 10)), 3))
         contours = ax.contour(NN, PP, predicted, levels=levels, colors="black", linewidths=0.6, alpha=0.7)
         ax.clabel(contours, fmt="%.3f", fontsize=6)
-        ax.scatter(runs["params"], runs["P"], s=14, color="white", edgecolor="black", linewidth=0.6, zorder=3, clip_on=False, gid="observed")
+        ax.scatter(runs["params"], runs["P"], s=14, color="white", edgecolor="black", linewidth=0.6, zorder=3,
+                   clip_on=False, gid="observed")
         ax.figure.colorbar(mesh, ax=ax, label="Predicted loss")
         ax.set_yticks(all_P, [P_label(P) for P in all_P])
         ax.xaxis.set_major_formatter(PARAMS_FORMATTER)
@@ -158,7 +169,7 @@ def residuals(result: FitResult, holdouts: Sequence = (), axes=None, title: str 
         first.margins(x=0.08, y=0.3)
         first.legend(loc="upper left", ncols=2, fontsize=6)
 
-        for ax, check in zip(rest, holdouts):
+        for ax, check in zip(rest, holdouts, strict=True):
             fitted = check.fit.residuals
             ax.scatter(
                 fitted["params"], 100 * fitted["residual"] / fitted["loss"], s=16, color="#bdbdbd", edgecolor="black",
@@ -205,8 +216,10 @@ def cost_losses(sizes, P_values, table: pd.DataFrame | None = None, result: FitR
             elif result is not None:
                 loss, observed = float(result.predict(shape.non_embedding_params(P), P)), False
             else:
-                raise ValueError(f"no run of size {size} at P={P} in the table; pass result= to use the fit's prediction")
-            rows.append({"size": size, "P": P, "params": shape.non_embedding_params(P), "loss": loss, "observed": observed})
+                raise ValueError(f"no run of size {size} at P={P} in the table; "
+                                 "pass result= to use the fit's prediction")
+            rows.append({"size": size, "P": P, "params": shape.non_embedding_params(P), "loss": loss,
+                         "observed": observed})
     return pd.DataFrame(rows)
 
 
@@ -236,21 +249,23 @@ def inference_cost(
         for column, batch in enumerate(batch_sizes):
             averaged = {(s, P): cost.averaged_cost(s, P, batch, lengths, gpu=gpu) for s in sizes for P in all_P}
             ratios = _scaling_ratios(batch, sizes, max(all_P), loss_of, lengths, gpu)
-            for row, (ax, quantity) in enumerate(zip(axes[:, column], ("memory", "latency"))):
+            for row, (ax, quantity) in enumerate(zip(axes[:, column], ("memory", "latency"), strict=True)):
                 position = {key: (value[row], loss_of[key]) for key, value in averaged.items()}
                 _draw_cost_panel(ax, position, losses, sizes, all_P)
                 ax.set_xlabel("GPU memory (GB)" if quantity == "memory" else "Latency (s)")
                 heading = f"batch size {batch}\n" if row == 0 else ""
                 if ratios is not None:
                     ratio = ratios[quantity]
-                    heading += f"{ratio:.1f}x less {quantity} increase" if ratio >= 1 else f"{1 / ratio:.1f}x more {quantity} increase"
+                    heading += (f"{ratio:.1f}x less {quantity} increase" if ratio >= 1
+                                else f"{1 / ratio:.1f}x more {quantity} increase")
                 ax.set_title(heading, fontsize=7.5)
         for ax in axes[:, 0]:
             ax.set_ylabel("Loss")
         figure = axes[0, 0].figure
         figure.legend(
-            handles=[Line2D([], [], ls="", marker=P_marker(P), markersize=6 if P == 1 else 8, markerfacecolor=P_colour(P, all_P),
-                                markeredgecolor="black", label=P_label(P)) for P in all_P]
+            handles=[Line2D([], [], ls="", marker=P_marker(P), markersize=6 if P == 1 else 8,
+                            markerfacecolor=P_colour(P, all_P), markeredgecolor="black", label=P_label(P))
+                     for P in all_P]
             + [Line2D([], [], color=PARAMETER_SCALING_COLOUR, lw=2, label="parameter scaling"),
                Line2D([], [], color=PARALLEL_SCALING_COLOUR, lw=1, label="parallel scaling")],
             loc="outside lower center", ncols=len(all_P) + 2, fontsize=7, frameon=False,
@@ -266,7 +281,8 @@ def inference_cost(
 
 def _scaling_ratios(batch, sizes, P, loss_of, lengths, gpu) -> dict | None:
     try:
-        row = cost.compare_scaling([batch], base=sizes[0], larger=tuple(sizes[1:]), P=P, losses=loss_of, lengths=lengths, gpu=gpu).iloc[0]
+        row = cost.compare_scaling([batch], base=sizes[0], larger=tuple(sizes[1:]), P=P, losses=loss_of,
+                                   lengths=lengths, gpu=gpu).iloc[0]
     except ValueError:
         return None  # the P streams reach a loss outside the sizes' range: no parameter-scaling match to state
     return {"memory": row["memory_ratio"], "latency": row["latency_ratio"]}
@@ -274,19 +290,23 @@ def _scaling_ratios(batch, sizes, P, loss_of, lengths, gpu) -> dict | None:
 
 def _draw_cost_panel(ax, position, losses, sizes, all_P):
     for size in sizes:
-        for before, after in zip(all_P, all_P[1:]):
+        for before, after in zip(all_P, all_P[1:], strict=False):
             ax.annotate("", xy=position[(size, after)], xytext=position[(size, before)],
-                        arrowprops={"arrowstyle": "-|>", "color": PARALLEL_SCALING_COLOUR, "lw": 0.9, "shrinkA": 3, "shrinkB": 3})
-    for before, after in zip(sizes, sizes[1:]):
+                        arrowprops={"arrowstyle": "-|>", "color": PARALLEL_SCALING_COLOUR, "lw": 0.9, "shrinkA": 3,
+                                    "shrinkB": 3})
+    for before, after in zip(sizes, sizes[1:], strict=False):
         ax.annotate("", xy=position[(after, all_P[0])], xytext=position[(before, all_P[0])],
-                    arrowprops={"arrowstyle": "-|>", "color": PARAMETER_SCALING_COLOUR, "lw": 2.0, "shrinkA": 5, "shrinkB": 5})
+                    arrowprops={"arrowstyle": "-|>", "color": PARAMETER_SCALING_COLOUR, "lw": 2.0, "shrinkA": 5,
+                                "shrinkB": 5})
     for P in all_P:
         chosen = losses[losses["P"] == P]
         x = [position[(row.size, P)][0] for row in chosen.itertuples()]
         y = [position[(row.size, P)][1] for row in chosen.itertuples()]
         colour = P_colour(P, all_P)
-        ax.scatter(x, y, marker=P_marker(P), s=P_marker_size(P), color=[colour if o else "none" for o in chosen["observed"]],
-                   edgecolor=[("black" if o else colour) for o in chosen["observed"]], linewidth=0.6, zorder=3, gid=f"cost P={P:g}")
+        ax.scatter(x, y, marker=P_marker(P), s=P_marker_size(P),
+                   color=[colour if o else "none" for o in chosen["observed"]],
+                   edgecolor=[("black" if o else colour) for o in chosen["observed"]], linewidth=0.6, zorder=3,
+                   gid=f"cost P={P:g}")
     for size in sizes:
         x, y = position[(size, all_P[0])]
         ax.annotate(size, (x, y), xytext=(3, 4), textcoords="offset points", fontsize=6.5)
@@ -308,71 +328,83 @@ class FittedDataset:
 
 def fit_datasets(table, n_bootstrap=1000, seed=0, dataset=None) -> dict[str, FittedDataset]:
     """Fit (and bootstrap) each data set of ``table``, keyed by data set name ("table" when it has none)."""
-    names = [dataset] if dataset else (_dataset_order(table["dataset"].unique()) if "dataset" in table.columns else [None])
+    names = [dataset] if dataset else (_dataset_order(table["dataset"].unique()) if "dataset" in table.columns
+                                       else [None])
     fitted = {}
     for name in names:
         part = table if name is None else table[table["dataset"].astype(str) == name]
         if part.empty:
-            raise ValueError(f"no rows for data set {name!r}; the table has {sorted(map(str, table['dataset'].unique()))}")
+            raise ValueError(f"no rows for data set {name!r}; the table has "
+                             f"{sorted(map(str, table['dataset'].unique()))}")
         boot = bootstrap(part, n=n_bootstrap, seed=seed) if n_bootstrap else None
         fitted[name or "table"] = FittedDataset(part, boot.point if boot else fit(part), boot, heldout_checks(part))
     return fitted
 
 
-def draw_all(table, out: Path, formats, n_bootstrap=1000, seed=0, dataset=None, cost_sizes=FIGURE4_SIZES, gpu=cost.PAPER_GPU) -> list[Path]:
+def draw_all(table, out: Path, formats, n_bootstrap=1000, seed=0, dataset=None, cost_sizes=FIGURE4_SIZES,
+             gpu=cost.PAPER_GPU) -> list[Path]:
     """Fit each data set of ``table``, draw every figure and write the fit tables; returns the files written."""
     return draw_fits(fit_datasets(table, n_bootstrap, seed, dataset), out, formats, cost_sizes=cost_sizes, gpu=gpu)
 
 
-def draw_fits(fitted: dict[str, FittedDataset], out: Path, formats, cost_sizes=FIGURE4_SIZES, gpu=cost.PAPER_GPU) -> list[Path]:
+def draw_fits(fitted: dict[str, FittedDataset], out: Path, formats, cost_sizes=FIGURE4_SIZES,
+              gpu=cost.PAPER_GPU) -> list[Path]:
     """Draw every figure of already fitted data sets and write the fit tables; returns the files written.
     ``cost_sizes=()`` leaves out the inference-cost figure (the paper's sizes; meaningless for a tiny sweep)."""
-    labels = list(fitted)
-    figures = {}
-
-    figure, axes = new_figure(ncols=len(labels))
-    for ax, label in zip(axes, labels):
-        loss_vs_params(fitted[label].fit, fitted[label].runs, ax=ax, title=_title(label))
-    figures["loss_vs_params"] = figure
-
-    figure, axes = new_figure(ncols=len(labels), width=3.9 * len(labels))
-    for ax, label in zip(axes, labels):
-        loss_contours(fitted[label].fit, fitted[label].runs, ax=ax, title=_title(label))
-    figures["loss_contours"] = figure
-
-    figure, axes = new_figure(ncols=2, nrows=len(labels))
-    for row, label in enumerate(labels):
-        item = fitted[label]
-        equivalence(item.fit, item.boot, item.runs, axes=axes[2 * row : 2 * row + 2], title=_title(label))
-    figures["equivalence"] = figure
-
-    for name, draw in (("multiplier_vs_params", multiplier_vs_params), ("streams_to_match", streams_to_match)):
-        figure, axes = new_figure(ncols=len(labels))
-        for ax, label in zip(axes, labels):
-            draw(fitted[label].fit, fitted[label].boot, ax=ax, title=_title(label))
-        figures[name] = figure
-
-    figure, axes = new_figure(ncols=len(labels))
-    for ax, label in zip(axes, labels):
-        item = fitted[label]
-        forms = {"log": item.fit, **{name: fit(item.runs, form=name) for name in ALTERNATIVE_FORMS}}
-        form_multipliers(forms, {"log": item.boot} if item.boot is not None else {}, ax=ax, title=_title(label))
-    figures["form_multipliers"] = figure
-
-    width = 1 + max(len(item.checks) for item in fitted.values())
-    figure, axes = new_figure(ncols=width, nrows=len(labels), width=2.6 * width)
-    for row, label in enumerate(labels):
-        checks = fitted[label].checks
-        panels = axes[width * row : width * (row + 1)]
-        residuals(fitted[label].fit, checks, axes=panels[: 1 + len(checks)], title=_title(label))
-        for unused in panels[1 + len(checks) :]:
-            unused.set_visible(False)
-    figures["residuals"] = figure
-
+    figures = {
+        "loss_vs_params": _per_dataset(fitted, lambda item, **panel: loss_vs_params(item.fit, item.runs, **panel)),
+        "loss_contours": _per_dataset(fitted, lambda item, **panel: loss_contours(item.fit, item.runs, **panel),
+                                      width=3.9 * len(fitted)),
+        "equivalence": _equivalence_figure(fitted),
+        "multiplier_vs_params": _per_dataset(
+            fitted, lambda item, **panel: multiplier_vs_params(item.fit, item.boot, **panel)),
+        "streams_to_match": _per_dataset(fitted, lambda item, **panel: streams_to_match(item.fit, item.boot, **panel)),
+        "form_multipliers": _per_dataset(fitted, _form_multipliers_panel),
+        "residuals": _residuals_figure(fitted),
+    }
     if cost_sizes:
-        cost_label = "stack-v2-python" if "stack-v2-python" in fitted else labels[0]  # the paper's Figure 4 data set
-        figures["inference_cost"] = inference_cost(fitted[cost_label].runs, fitted[cost_label].fit, sizes=cost_sizes, gpu=gpu)
+        # the paper's Figure 4 data set
+        cost_label = "stack-v2-python" if "stack-v2-python" in fitted else list(fitted)[0]
+        figures["inference_cost"] = inference_cost(fitted[cost_label].runs, fitted[cost_label].fit,
+                                                   sizes=cost_sizes, gpu=gpu)
+    return _save_figures(figures, out, formats) + _write_fit_tables(fitted, out)
 
+
+def _per_dataset(fitted: dict[str, FittedDataset], draw, width: float | None = None):
+    """A figure of one panel per data set, side by side: ``draw(item, ax=..., title=...)`` fills each."""
+    figure, axes = new_figure(ncols=len(fitted), width=width)
+    for ax, (label, item) in zip(axes, fitted.items(), strict=True):
+        draw(item, ax=ax, title=_title(label))
+    return figure
+
+
+def _form_multipliers_panel(item: FittedDataset, **panel) -> None:
+    forms = {"log": item.fit, **{name: fit(item.runs, form=name) for name in ALTERNATIVE_FORMS}}
+    form_multipliers(forms, {"log": item.boot} if item.boot is not None else {}, **panel)
+
+
+def _equivalence_figure(fitted: dict[str, FittedDataset]):
+    """One row of two panels per data set."""
+    figure, axes = new_figure(ncols=2, nrows=len(fitted))
+    for row, (label, item) in enumerate(fitted.items()):
+        equivalence(item.fit, item.boot, item.runs, axes=axes[2 * row : 2 * row + 2], title=_title(label))
+    return figure
+
+
+def _residuals_figure(fitted: dict[str, FittedDataset]):
+    """One row per data set: the fit's residuals, then one panel per holdout check (rows with fewer checks
+    leave their last panels hidden)."""
+    width = 1 + max(len(item.checks) for item in fitted.values())
+    figure, axes = new_figure(ncols=width, nrows=len(fitted), width=2.6 * width)
+    for row, (label, item) in enumerate(fitted.items()):
+        panels = axes[width * row : width * (row + 1)]
+        residuals(item.fit, item.checks, axes=panels[: 1 + len(item.checks)], title=_title(label))
+        for unused in panels[1 + len(item.checks) :]:
+            unused.set_visible(False)
+    return figure
+
+
+def _save_figures(figures: dict, out: Path, formats) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, figure in figures.items():
@@ -380,10 +412,16 @@ def draw_fits(fitted: dict[str, FittedDataset], out: Path, formats, cost_sizes=F
             path = out / f"{name}.{extension}"
             figure.savefig(path, dpi=SAVE_DPI)
             written.append(path)
+    return written
+
+
+def _write_fit_tables(fitted: dict[str, FittedDataset], out: Path) -> list[Path]:
+    """fits.md and fits.tex: every data set's fit, with its bootstrap intervals where there are any."""
     summary = tables.fit_table(
         {label: item.fit for label, item in fitted.items()},
         {label: item.boot for label, item in fitted.items() if item.boot is not None},
     )
+    written = []
     for extension, text in (("md", tables.markdown(summary)), ("tex", tables.latex(summary))):
         path = out / f"fits.{extension}"
         path.write_text(text)
@@ -401,22 +439,28 @@ def _title(label: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.figures", description="Draw the paper's figures from a fit.")
+    parser = argparse.ArgumentParser(prog="python -m analysis.figures",
+                                     description="Draw the paper's figures from a fit.")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--published", choices=[*DATASETS, "all"], help="the paper's published losses (default: all)")
-    source.add_argument("--results", type=Path, metavar="TABLE", help="a results table (.csv or .parquet), with or without a dataset column")
+    source.add_argument("--results", type=Path, metavar="TABLE",
+                        help="a results table (.csv or .parquet), with or without a dataset column")
     parser.add_argument("--dataset", help="draw only this data set of the table")
-    parser.add_argument("--out", type=Path, default=Path("outputs/figures"), help="output folder (default outputs/figures)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/figures"),
+                        help="output folder (default outputs/figures)")
     parser.add_argument("--format", default="png", help="comma-separated file formats, e.g. png,pdf (default png)")
-    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="resamples for intervals and bands; 0 for none (default 1000)")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="resamples for intervals and bands; 0 for none (default 1000)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cost-sizes", default=",".join(FIGURE4_SIZES), help="model sizes of the inference-cost figure (default 1.6B,2.8B,4.4B)")
+    parser.add_argument("--cost-sizes", default=",".join(FIGURE4_SIZES),
+                        help="model sizes of the inference-cost figure (default 1.6B,2.8B,4.4B)")
     parser.add_argument("--gpu", default=cost.PAPER_GPU, choices=cost.gpu_names())
     args = parser.parse_args(argv)
     formats = [f.strip().lstrip(".") for f in args.format.split(",") if f.strip()]
     try:
         table = read_results(args.results) if args.results else load_published(args.published or "all")
-        written = draw_all(table, args.out, formats, args.bootstrap, args.seed, args.dataset, args.cost_sizes.split(","), args.gpu)
+        written = draw_all(table, args.out, formats, args.bootstrap, args.seed, args.dataset,
+                           args.cost_sizes.split(","), args.gpu)
     except ValueError as error:  # bad table, unknown data set or size: one line, what to change
         print(f"error: {error}", file=sys.stderr)
         return 2

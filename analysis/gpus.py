@@ -24,11 +24,15 @@ GPUS: dict[str, GPUSpec] = {
     for spec in (
         GPUSpec("A100-SXM-40GB", 312e12, 1555e9, 40e9, "NVIDIA A100 Tensor Core GPU datasheet (2021), SXM 40GB column"),
         GPUSpec("A100-SXM-80GB", 312e12, 2039e9, 80e9, "NVIDIA A100 Tensor Core GPU datasheet (2021), SXM 80GB column"),
-        GPUSpec("A100-PCIe-80GB", 312e12, 1935e9, 80e9, "NVIDIA A100 Tensor Core GPU datasheet (2021), PCIe 80GB column"),
+        GPUSpec("A100-PCIe-80GB", 312e12, 1935e9, 80e9,
+                "NVIDIA A100 Tensor Core GPU datasheet (2021), PCIe 80GB column"),
         GPUSpec("H100-SXM-80GB", 989e12, 3350e9, 80e9, "NVIDIA H100 Tensor Core GPU datasheet (2023), H100 SXM column"),
-        GPUSpec("H100-PCIe-80GB", 756e12, 2000e9, 80e9, "NVIDIA H100 Tensor Core GPU datasheet (2023), H100 PCIe column"),
-        GPUSpec("H200-SXM-141GB", 989e12, 4800e9, 141e9, "NVIDIA H200 Tensor Core GPU datasheet (2024), H200 SXM column"),
-        GPUSpec("B200-180GB", 2250e12, 8000e9, 180e9, "NVIDIA HGX B200 specifications (2025): 36 PFLOPS sparse bf16 over 8 GPUs"),
+        GPUSpec("H100-PCIe-80GB", 756e12, 2000e9, 80e9,
+                "NVIDIA H100 Tensor Core GPU datasheet (2023), H100 PCIe column"),
+        GPUSpec("H200-SXM-141GB", 989e12, 4800e9, 141e9,
+                "NVIDIA H200 Tensor Core GPU datasheet (2024), H200 SXM column"),
+        GPUSpec("B200-180GB", 2250e12, 8000e9, 180e9,
+                "NVIDIA HGX B200 specifications (2025): 36 PFLOPS sparse bf16 over 8 GPUs"),
         GPUSpec("L40S-48GB", 362e12, 864e9, 48e9, "NVIDIA L40S datasheet (2023)"),
         GPUSpec("L4-24GB", 121e12, 300e9, 24e9, "NVIDIA L4 Tensor Core GPU datasheet (2023)"),
         GPUSpec("MI300X-192GB", 1307e12, 5300e9, 192e9, "AMD Instinct MI300X accelerator datasheet (2023)"),
@@ -46,7 +50,8 @@ def get_gpu(name: str | GPUSpec) -> GPUSpec:
         return name
     name = ALIASES.get(name, name)
     if name not in GPUS:
-        raise ValueError(f"unknown GPU {name!r}; choose one of {list(GPUS)} or pass a GPUSpec with your device's numbers")
+        raise ValueError(f"unknown GPU {name!r}; choose one of {list(GPUS)} or pass a GPUSpec with your device's "
+                         "numbers")
     return GPUS[name]
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import sys
 import time
 from pathlib import Path
@@ -127,11 +128,12 @@ def measure(
             # Ids below 256 exist in every vocabulary here (the tiny sizes' is bytes plus three specials).
             prompt = torch.randint(0, min(config.vocab_size, 256), (batch, input_tokens), device=device)
             with torch.no_grad():
-                seconds = _best_seconds(lambda: model.generate(prompt, **settings), device, repeats)
+                seconds = _best_seconds(functools.partial(model.generate, prompt, **settings), device, repeats)
                 with peak_memory(device) as peak:
                     model.generate(prompt, **settings)
             modelled = inference_cost(
-                ModelShape.from_config(config), P, batch, input_tokens, output_tokens, gpu=rates, flop_efficiency=1.0, memory_efficiency=1.0
+                ModelShape.from_config(config), P, batch, input_tokens, output_tokens, gpu=rates, flop_efficiency=1.0,
+                memory_efficiency=1.0
             )
             rows.append(
                 {
@@ -151,12 +153,13 @@ def plot(frame: pd.DataFrame):
     all_P = sorted(frame["P"].unique())
     with paper_style():
         figure, axes = new_figure(ncols=2)
-        for ax, quantity, unit in zip(axes, ("memory_gb", "latency_per_token_s"), ("GiB", "s per token")):
+        for ax, quantity, unit in zip(axes, ("memory_gb", "latency_per_token_s"), ("GiB", "s per token"), strict=True):
             for P in all_P:
                 rows = frame[frame["P"] == P]
                 ax.scatter(
-                    rows[f"modelled_{quantity}"], rows[f"measured_{quantity}"], s=15 * (1 + np.log2(rows["batch"])), marker=P_marker(P),
-                    color=P_colour(P, all_P), edgecolor="black", linewidth=0.5, label=P_label(P), zorder=3, gid=f"{quantity} P={P:g}",
+                    rows[f"modelled_{quantity}"], rows[f"measured_{quantity}"], s=15 * (1 + np.log2(rows["batch"])),
+                    marker=P_marker(P), color=P_colour(P, all_P), edgecolor="black", linewidth=0.5, label=P_label(P),
+                    zorder=3, gid=f"{quantity} P={P:g}",
                 )
             values = frame[[f"modelled_{quantity}", f"measured_{quantity}"]].to_numpy().ravel()
             values = values[np.isfinite(values)]
@@ -169,21 +172,25 @@ def plot(frame: pd.DataFrame):
             ax.set_title("Peak memory" if quantity == "memory_gb" else "Latency per generated token", fontsize=8)
         axes[0].legend(loc="upper left", fontsize=6)
         size, device = frame["size"].iloc[0], frame["device"].iloc[0]
-        figure.suptitle(f"{size} on {device}: marker size grows with batch ({', '.join(map(str, sorted(frame['batch'].unique())))})", fontsize=8)
+        figure.suptitle(f"{size} on {device}: marker size grows with batch "
+                        f"({', '.join(map(str, sorted(frame['batch'].unique())))})", fontsize=8)
     return figure
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.measure", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="tiny-128", help="a models size: tiny-32 ... tiny-128, 0.5B ... 4.4B (default tiny-128)")
-    parser.add_argument("--layers", type=int, help="override the depth, e.g. 2 for a shallow copy of a paper size on a CPU")
+    parser.add_argument("--size", default="tiny-128",
+                        help="a models size: tiny-32 ... tiny-128, 0.5B ... 4.4B (default tiny-128)")
+    parser.add_argument("--layers", type=int,
+                        help="override the depth, e.g. 2 for a shallow copy of a paper size on a CPU")
     parser.add_argument("--P", default="1,2,4,8", help="comma-separated stream counts (default 1,2,4,8)")
     parser.add_argument("--batch", default="1,2,4,8", help="comma-separated batch sizes (default 1,2,4,8)")
     parser.add_argument("--input-tokens", type=int, default=32)
     parser.add_argument("--output-tokens", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per setting; the fastest counts")
-    parser.add_argument("--out", type=Path, default=Path("outputs/measure"), help="folder for measured.csv and the plot")
+    parser.add_argument("--out", type=Path, default=Path("outputs/measure"),
+                        help="folder for measured.csv and the plot")
     args = parser.parse_args(argv)
     overrides = {"num_hidden_layers": args.layers} if args.layers else {}
     try:

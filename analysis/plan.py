@@ -32,7 +32,17 @@ from parscale_law import DATASETS, BootstrapResult, FitResult, ParScaleLaw, boot
 
 from . import cost
 from .gpus import GPUSpec, get_gpu, gpu_names
-from .style import SAVE_DPI, P_colour, P_label, P_marker, P_marker_size, format_params, log_params_axis, new_figure, paper_style
+from .style import (
+    SAVE_DPI,
+    P_colour,
+    P_label,
+    P_marker,
+    P_marker_size,
+    format_params,
+    log_params_axis,
+    new_figure,
+    paper_style,
+)
 
 DEFAULT_P = (1, 2, 4, 8, 16)
 DEFAULT_GPU = "A100-80GB"
@@ -61,7 +71,8 @@ class PlanOption:
         """As JSON-ready values: an unreachable end of an interval (a resampled law that never reaches the
         target) is None."""
         out = asdict(self)
-        out["intervals"] = {name: [v if math.isfinite(v) else None for v in bounds] for name, bounds in self.intervals.items()}
+        out["intervals"] = {name: [v if math.isfinite(v) else None for v in bounds]
+                            for name, bounds in self.intervals.items()}
         return out
 
 
@@ -95,7 +106,8 @@ class Plan:
         for candidate in self.options:
             if candidate.P == P:
                 return candidate
-        raise KeyError(f"no option at P={P}; there are {[o.P for o in self.options]} ({self.skipped.get(P, 'not asked for')})")
+        raise KeyError(f"no option at P={P}; there are {[o.P for o in self.options]} "
+                       f"({self.skipped.get(P, 'not asked for')})")
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame([o.to_dict() for o in self.options]).drop(columns="intervals")
@@ -103,8 +115,9 @@ class Plan:
     def to_dict(self) -> dict:
         best_memory, best_latency = self.best_by_memory, self.best_by_latency
         return {
-            "target_loss": self.target_loss, "gpu": self.gpu, "batch": self.batch, "lengths": [list(pair) for pair in self.lengths],
-            "tokens": self.tokens, "family": self.family, "law": self.law, "level": self.level, "largest_P": self.largest_P,
+            "target_loss": self.target_loss, "gpu": self.gpu, "batch": self.batch,
+            "lengths": [list(pair) for pair in self.lengths], "tokens": self.tokens, "family": self.family,
+            "law": self.law, "level": self.level, "largest_P": self.largest_P,
             "options": [o.to_dict() for o in self.options],
             "best_by_memory": best_memory.to_dict() if best_memory else None,
             "best_by_latency": best_latency.to_dict() if best_latency else None,
@@ -151,7 +164,8 @@ def plan(
         tokens = float(runs["tokens"].median())
     law = law_of(result, tokens)
     if not target_loss > law.E:
-        raise ValueError(f"target loss {target_loss:g} is at or below the fitted irreducible loss E = {law.E:.4g}: no model reaches it")
+        raise ValueError(f"target loss {target_loss:g} is at or below the fitted irreducible loss E = {law.E:.4g}: "
+                         "no model reaches it")
     family = family or family_for(runs)
     pairs = tuple((n, n) for n in lengths) if lengths else ((input_tokens, output_tokens),)
     settings = {"gpu": spec, "flop_efficiency": flop_efficiency, "memory_efficiency": memory_efficiency}
@@ -168,9 +182,9 @@ def plan(
         N = shape.non_embedding_params(P)
         memory, latency = _serving_cost(shape, P, batch, pairs, settings)
         option = PlanOption(
-            P=P, params=float(N), params_needed=needed, hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
-            loss=float(law.predict(N, P)), memory_gb=memory, latency_s=latency,
-            training_flops=cost.training_flops(shape, P, tokens) if tokens else None,
+            P=P, params=float(N), params_needed=needed, hidden_size=shape.hidden_size,
+            intermediate_size=shape.intermediate_size, loss=float(law.predict(N, P)), memory_gb=memory,
+            latency_s=latency, training_flops=cost.training_flops(shape, P, tokens) if tokens else None,
             fits_gpu=memory * cost.GIB <= spec.memory_bytes, extrapolates_P=P > largest_P, extrapolates_N=N > largest_N,
         )
         if resampled:
@@ -178,8 +192,9 @@ def plan(
         options.append(option)
     if not options:
         raise ValueError(f"no P in {list(P_values)} reaches loss {target_loss:g} under this law (k = {law.k:.3g})")
-    return Plan(float(target_loss), spec.name, batch, pairs, tokens, family, {"E": law.E, "A": law.A, "alpha": law.alpha, "k": law.k},
-                options, skipped, largest_P, boot.level if boot is not None else None)
+    return Plan(float(target_loss), spec.name, batch, pairs, tokens, family,
+                {"E": law.E, "A": law.A, "alpha": law.alpha, "k": law.k}, options, skipped, largest_P,
+                boot.level if boot is not None else None)
 
 
 def family_for(runs: pd.DataFrame) -> str:
@@ -198,7 +213,8 @@ def _serving_cost(shape, P, batch, pairs, settings) -> tuple[float, float]:
 
 
 def _resampled_laws(boot: BootstrapResult, result: FitResult, tokens: float | None) -> list[ParScaleLaw]:
-    return [law_of(replace(result, params=params), tokens) for params in boot.samples[list(result.params)].to_dict("records")]
+    return [law_of(replace(result, params=params), tokens)
+            for params in boot.samples[list(result.params)].to_dict("records")]
 
 
 def _intervals(laws, level, target, P, N, family, batch, pairs, settings) -> dict[str, tuple[float, float]]:
@@ -206,10 +222,12 @@ def _intervals(laws, level, target, P, N, family, batch, pairs, settings) -> dic
     needed = np.array([float(law.params_for_loss(target, P)) for law in laws])
     losses = np.array([float(law.predict(N, P)) for law in laws])
     low, high = np.percentile(needed, [tail, 100 - tail])  # inf where a resampled law cannot reach the target
-    out = {"params_needed": (float(low), float(high)), "loss": tuple(float(v) for v in np.nanpercentile(losses, [tail, 100 - tail]))}
+    out = {"params_needed": (float(low), float(high)),
+           "loss": tuple(float(v) for v in np.nanpercentile(losses, [tail, 100 - tail]))}
     ends = []
     for value in (low, high):
-        ends.append(_serving_cost(cost.shape_for_params(value, P, family), P, batch, pairs, settings) if math.isfinite(value) else (math.inf, math.inf))
+        ends.append(_serving_cost(cost.shape_for_params(value, P, family), P, batch, pairs, settings)
+                    if math.isfinite(value) else (math.inf, math.inf))
     # Memory and latency grow with N, so the interval of N maps to theirs end to end.
     out["memory_gb"] = (ends[0][0], ends[1][0])
     out["latency_s"] = (ends[0][1], ends[1][1])
@@ -224,7 +242,8 @@ def frontier_figure(plan_: Plan, result: FitResult | None = None, boot: Bootstra
         all_P = [o.P for o in plan_.options]
         law = ParScaleLaw(**plan_.law)
         grid = np.geomspace(1, max(all_P) * 1.3, 120)
-        left.plot(grid, law.params_for_loss(plan_.target_loss, grid), color="black", lw=1.4, label=f"loss {plan_.target_loss:g}", gid="frontier")
+        left.plot(grid, law.params_for_loss(plan_.target_loss, grid), color="black", lw=1.4,
+                  label=f"loss {plan_.target_loss:g}", gid="frontier")
         if boot is not None and result is not None:
             laws = _resampled_laws(boot, result, plan_.tokens)
             curves = np.array([law_.params_for_loss(plan_.target_loss, grid) for law_ in laws])
@@ -234,14 +253,17 @@ def frontier_figure(plan_: Plan, result: FitResult | None = None, boot: Bootstra
                               label=f"{boot.level:.0%} bootstrap", gid="frontier band")
         for option in plan_.options:
             colour = P_colour(option.P, all_P)
-            left.scatter([option.P], [option.params], marker=P_marker(option.P), s=P_marker_size(option.P), color=colour,
-                         edgecolor="black", linewidth=0.5, zorder=3, gid=f"option P={option.P}")
-            right.scatter([option.latency_s], [option.memory_gb], marker=P_marker(option.P), s=P_marker_size(option.P), color=colour,
-                          edgecolor="black", linewidth=0.5, zorder=3, label=P_label(option.P), gid=f"cost P={option.P}")
-            right.annotate(format_params(option.params), (option.latency_s, option.memory_gb), xytext=(3, 3), textcoords="offset points", fontsize=6)
+            left.scatter([option.P], [option.params], marker=P_marker(option.P), s=P_marker_size(option.P),
+                         color=colour, edgecolor="black", linewidth=0.5, zorder=3, gid=f"option P={option.P}")
+            right.scatter([option.latency_s], [option.memory_gb], marker=P_marker(option.P), s=P_marker_size(option.P),
+                          color=colour, edgecolor="black", linewidth=0.5, zorder=3, label=P_label(option.P),
+                          gid=f"cost P={option.P}")
+            right.annotate(format_params(option.params), (option.latency_s, option.memory_gb), xytext=(3, 3),
+                           textcoords="offset points", fontsize=6)
         if plan_.largest_P < grid[-1]:
             left.axvspan(plan_.largest_P, grid[-1], color="grey", alpha=0.08, lw=0)
-            left.text(plan_.largest_P * 1.05, 0.04, "beyond the runs' P", transform=left.get_xaxis_transform(), fontsize=6, color="grey")
+            left.text(plan_.largest_P * 1.05, 0.04, "beyond the runs' P", transform=left.get_xaxis_transform(),
+                      fontsize=6, color="grey")
         left.set_xscale("log", base=2)
         left.xaxis.set_major_formatter(FormatStrFormatter("%g"))
         log_params_axis(left.yaxis)
@@ -260,18 +282,23 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--published", choices=DATASETS, help="the paper's fit to its published losses")
     source.add_argument("--results", type=Path, metavar="TABLE", help="a results table (.csv or .parquet) to fit")
-    source.add_argument("--fit", type=Path, metavar="FIT_JSON", help="a saved fit (FitResult.to_json, or a sweep's fit.json)")
+    source.add_argument("--fit", type=Path, metavar="FIT_JSON",
+                        help="a saved fit (FitResult.to_json, or a sweep's fit.json)")
     parser.add_argument("--dataset", help="which data set of the table to fit")
     parser.add_argument("--target-loss", type=float, required=True)
     parser.add_argument("--gpu", default=DEFAULT_GPU, help=f"one of {gpu_names()} (default {DEFAULT_GPU})")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--input-tokens", type=int, default=64)
     parser.add_argument("--output-tokens", type=int, default=64)
-    parser.add_argument("--lengths", help="average the cost over input = output length in these, e.g. 64,128,256,512 (the paper's Figure 4)")
-    parser.add_argument("--P", default=",".join(map(str, DEFAULT_P)), help="stream counts to consider (default 1,2,4,8,16)")
+    parser.add_argument("--lengths",
+                        help="average the cost over input = output length in these, e.g. "
+                             "64,128,256,512 (the paper's Figure 4)")
+    parser.add_argument("--P", default=",".join(map(str, DEFAULT_P)),
+                        help="stream counts to consider (default 1,2,4,8,16)")
     parser.add_argument("--family", choices=list(cost.FAMILIES), help="size family to widen (default: the runs')")
     parser.add_argument("--tokens", type=float, help="training tokens for the FLOPs (default: the runs' tokens column)")
-    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="resamples for intervals; 0 for none (default 1000)")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="resamples for intervals; 0 for none (default 1000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--figure", type=Path, help="write the iso-loss frontier figure here (.png, .pdf)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -304,14 +331,17 @@ def main(argv: list[str] | None = None) -> int:
 def _print(the_plan: Plan) -> None:
     lengths = ", ".join(f"{i}+{o}" for i, o in the_plan.lengths)
     print(f"target loss {the_plan.target_loss:g} on {the_plan.gpu}, batch {the_plan.batch}, {lengths} tokens; "
-          f"law E={the_plan.law['E']:.4g} A={the_plan.law['A']:.4g} alpha={the_plan.law['alpha']:.4g} k={the_plan.law['k']:.4g}")
+          f"law E={the_plan.law['E']:.4g} A={the_plan.law['A']:.4g} alpha={the_plan.law['alpha']:.4g} "
+          f"k={the_plan.law['k']:.4g}")
     for o in the_plan.options:
-        line = (f"  P={o.P:<3} N={format_params(o.params):>6} (width {o.hidden_size})  loss {o.loss:.4f}  memory {o.memory_gb:7.3f} GB  "
-                f"latency {o.latency_s:.4f} s" + (f"  training {o.training_flops:.3g} FLOPs" if o.training_flops else ""))
+        line = (f"  P={o.P:<3} N={format_params(o.params):>6} (width {o.hidden_size})  loss {o.loss:.4f}  "
+                f"memory {o.memory_gb:7.3f} GB  latency {o.latency_s:.4f} s"
+                + (f"  training {o.training_flops:.3g} FLOPs" if o.training_flops else ""))
         if "params_needed" in o.intervals:
             n_low, n_high = o.intervals["params_needed"]
             line += f"  [N {format_params(n_low)}-{format_params(n_high) if math.isfinite(n_high) else 'unreachable'}]"
-        notes = [note for note, on in (("does not fit the GPU", not o.fits_gpu), ("P beyond the runs", o.extrapolates_P),
+        notes = [note for note, on in (("does not fit the GPU", not o.fits_gpu),
+                                       ("P beyond the runs", o.extrapolates_P),
                                        ("N beyond the runs", o.extrapolates_N)) if on]
         print(line + (f"  ({'; '.join(notes)})" if notes else ""))
     for P, why in the_plan.skipped.items():

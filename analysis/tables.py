@@ -26,7 +26,7 @@ def fit_table(fits: Mapping[str, FitResult], boots: Mapping[str, BootstrapResult
         row = {"data set": name, "runs": result.n_points, **result.params}
         multipliers = result.multiplier([float(P) for P in MULTIPLIER_P])
         if multipliers is not None:
-            row.update({f"multiplier@P={P}": float(m) for P, m in zip(MULTIPLIER_P, multipliers)})
+            row.update({f"multiplier@P={P}": float(m) for P, m in zip(MULTIPLIER_P, multipliers, strict=True)})
         row["r2"] = result.r2
         if name in boots:
             intervals = boots[name].intervals.set_index("name")
@@ -72,7 +72,8 @@ def markdown(table: pd.DataFrame) -> str:
     header = ["data set", "runs", *(_header(q, False) for q in quantities), "R^2"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
-        cells = [str(row["data set"]), str(row["runs"]), *(_cell(row, q, False) for q in quantities), f"{row['r2']:.4f}"]
+        cells = [str(row["data set"]), str(row["runs"]), *(_cell(row, q, False) for q in quantities),
+                 f"{row['r2']:.4f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -81,7 +82,8 @@ def latex(table: pd.DataFrame) -> str:
     """A booktabs LaTeX tabular (needs \\usepackage{booktabs}); intervals in brackets after each estimate."""
     quantities = _quantities(table)
     header = ["Data set", "Runs", *(_header(q, True) for q in quantities), "$R^2$"]
-    lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
+    lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule", " & ".join(header) + r" \\",
+             r"\midrule"]
     for _, row in table.iterrows():
         name = str(row["data set"]).replace("_", r"\_")
         cells = [name, str(row["runs"]), *(_cell(row, q, True) for q in quantities), f"{row['r2']:.4f}"]

@@ -58,7 +58,8 @@ def load_baseline(revision: str):
     __init__, which registers the Auto classes, is left out so that the current classes stay registered)."""
     archive = subprocess.run(["git", "archive", revision, "models"], capture_output=True, cwd=Path(__file__).parents[1])
     if archive.returncode != 0:
-        raise SystemExit(f"git archive {revision} failed: {archive.stderr.decode().strip()}; pass a revision of this repo.")
+        raise SystemExit(f"git archive {revision} failed: {archive.stderr.decode().strip()}; "
+                         "pass a revision of this repo.")
     name = "models_at_" + "".join(c if c.isalnum() else "_" for c in revision)
     root = Path(tempfile.mkdtemp(prefix="parscale-baseline-"))
     with tarfile.open(fileobj=BytesIO(archive.stdout)) as files:

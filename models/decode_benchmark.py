@@ -15,8 +15,8 @@ max allocated bytes over the timed calls; CPUs have no allocator peak counter, s
 import argparse
 import json
 import time
-from pathlib import Path
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from transformers import CompileConfig
@@ -126,7 +126,8 @@ def benchmark(parscale_ns, prompt_length, new_tokens, rounds) -> list[dict]:
 
 
 def format_table(rows) -> str:
-    header = f"{'shape':<16}{'P':>3}{'eager tok/s':>13}{'compiled tok/s':>16}{'speed-up':>10}{'compile s':>11}{'KV MiB':>8}"
+    header = (f"{'shape':<16}{'P':>3}{'eager tok/s':>13}{'compiled tok/s':>16}{'speed-up':>10}{'compile s':>11}"
+              f"{'KV MiB':>8}")
     lines = [header, "-" * len(header)]
     for row in rows:
         eager, compiled = row["dynamic_eager"], row["static_compiled"]

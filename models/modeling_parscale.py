@@ -255,7 +255,8 @@ class Qwen2ParScaleForCausalLM(Qwen2ParScalePreTrainedModel, Qwen2ForCausalLM):
         )
         missing = set(loading_info["missing_keys"])
         missing_parscale = sorted(name for name in missing if is_parscale_parameter(name))
-        loaded_backbone = any(name not in missing for name, _ in model.named_parameters() if not is_parscale_parameter(name))
+        loaded_backbone = any(name not in missing for name, _ in model.named_parameters()
+                              if not is_parscale_parameter(name))
         if missing_parscale and loaded_backbone:
             raise ValueError(
                 f"The checkpoint {pretrained_model_name_or_path} has parscale_n={model.config.parscale_n} in its "

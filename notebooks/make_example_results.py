@@ -28,12 +28,15 @@ OUTPUT = Path(__file__).with_name("example_results.csv")
 
 
 def example_results(seed: int = 0) -> pd.DataFrame:
-    design = pd.DataFrame([{"size": size, "params": ModelShape.from_size(size).non_embedding_params(P), "P": P, "tokens": TOKENS}
-                           for size in TINY_SIZES for P in (1, 2, 4, 8)])
+    design = pd.DataFrame([
+        {"size": size, "params": ModelShape.from_size(size).non_embedding_params(P), "P": P, "tokens": TOKENS}
+        for size in TINY_SIZES for P in (1, 2, 4, 8)
+    ])
     table = simulate(EXAMPLE_LAW, design, noise=NOISE, size_offset=SIZE_OFFSET, seed=seed, dataset="synthetic-tiny")
     table["loss"] = table["loss"].round(5)
     # A run that crashed: no loss, status failed.
-    crashed = table.iloc[[-1]].assign(loss=np.nan, seed=1, run_id=lambda t: t["run_id"].str.replace("-s0", "-s1"), status="failed")
+    crashed = table.iloc[[-1]].assign(loss=np.nan, seed=1, run_id=lambda t: t["run_id"].str.replace("-s0", "-s1"),
+                                      status="failed")
     table = pd.concat([table, crashed], ignore_index=True)
     return table[[column for column in RESULT_COLUMNS if column in table.columns]]
 

@@ -22,7 +22,7 @@ from .table import RESULT_COLUMNS, prepare, read_results, write_results
 __all__ = [
     "BootstrapResult", "DATASETS", "DELTA", "FORMS", "FitResult", "Form", "HoldoutResult", "InvalidTableError",
     "METHODS", "PAPER_FITS", "P_EFFECTS", "ParScaleLaw", "RESULT_COLUMNS", "SCHEMES", "STANDARD_SPLITS",
-    "UnknownNameError", "bootstrap", "compare_forms", "custom_form", "fit", "get_form", "heldout_checks", "heldout_metrics", "holdout",
-    "huber_objective", "load_published", "prediction_name", "prepare", "read_results", "rollout", "simulate",
-    "write_results",
+    "UnknownNameError", "bootstrap", "compare_forms", "custom_form", "fit", "get_form", "heldout_checks",
+    "heldout_metrics", "holdout", "huber_objective", "load_published", "prediction_name", "prepare", "read_results",
+    "rollout", "simulate", "write_results",
 ]

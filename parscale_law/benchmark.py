@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each method (median reported)")
     parser.add_argument("--resamples", type=int, default=1000, help="resamples of the timed bootstraps")
     parser.add_argument("--simulations", type=int, default=50, help="simulated grids per regime for coverage (0: skip)")
-    parser.add_argument("--coverage-resamples", type=int, default=200, help="resamples per interval in the coverage study")
+    parser.add_argument("--coverage-resamples", type=int, default=200,
+                        help="resamples per interval in the coverage study")
     args = parser.parse_args(argv)
     pinned = hasattr(os, "sched_setaffinity")
     if pinned:
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(args) -> None:
-    print(f"{'data set':<16} {'paper s':>9} {'fast ms':>9} {'speed-up':>9} {'paper objective':>17} {'fast objective':>17} {'fast <= paper':>14}")
+    print(f"{'data set':<16} {'paper s':>9} {'fast ms':>9} {'speed-up':>9} {'paper objective':>17} "
+          f"{'fast objective':>17} {'fast <= paper':>14}")
     for name in DATASETS:
         table = load_published(name)
         timings = {}
@@ -67,7 +69,8 @@ def _run(args) -> None:
                   f"({result.n_failed} failed, {result.fraction_at_bound:.1%} at a bound)")
     if args.simulations:
         summary = coverage(simulations=args.simulations, resamples=args.coverage_resamples)
-        print(f"\n95% interval coverage, {args.simulations} Pile-shaped simulations per regime (data seeds 0..{args.simulations - 1}), "
+        print(f"\n95% interval coverage, {args.simulations} Pile-shaped simulations per regime "
+              f"(data seeds 0..{args.simulations - 1}), "
               f"{args.coverage_resamples} resamples each; (w Nx): median width over the row scheme's")
         print(table_text(summary))
 

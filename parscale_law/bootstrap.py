@@ -77,7 +77,8 @@ class BootstrapResult:
         if not len(self.samples):
             return {}
         hits = self.samples["at_bound"].fillna("")
-        return {name: float(hits.map(lambda names: name in names.split(",")).mean()) for name in self.point.params if name not in self.point.fixed}
+        return {name: float(hits.map(lambda names, name=name: name in names.split(",")).mean())
+                for name in self.point.params if name not in self.point.fixed}
 
     @property
     def p_effect(self) -> str | None:
@@ -149,7 +150,8 @@ def bootstrap(
     fixed = check_fixed(law_form, fixed)
     data = prepare_for(law_form, table, dataset=dataset, loss_column=loss_column, weights=weights, fixed=fixed)
     if scheme == "cell" and not has_replicates(data):
-        raise InvalidTableError("scheme='cell' resamples replicate seeds within each (size, P) cell, and no cell has two; use 'parametric' or 'size'")
+        raise InvalidTableError("scheme='cell' resamples replicate seeds within each (size, P) cell, "
+                                "and no cell has two; use 'parametric' or 'size'")
     problem = SeparableProblem(law_form, data, fixed) if isinstance(law_form, SeparableForm) else None
     point = fit_data(law_form, data, delta=delta, problem=problem, fixed=fixed)
     at = _prediction_points(predict_at, law_form)
@@ -159,7 +161,8 @@ def bootstrap(
     components: VarianceComponents | None = None
     if scheme == "parametric":
         if point.status == "failed":
-            raise InvalidTableError(f"the fit failed ({point.reason}), so there is no law to simulate from; fix the fit or use scheme='row'")
+            raise InvalidTableError(f"the fit failed ({point.reason}), so there is no law to simulate from; "
+                                    "fix the fit or use scheme='row'")
         free = [name for name in law_form.param_names if name not in fixed]
         components = variance_components(law_form, point.params, data, free, data.weights)
         log_mean = np.log(law_form.predict(point.params, data.N, data.P, data.D))
@@ -171,21 +174,25 @@ def bootstrap(
         if components is not None:
             variances = components.draw_variances(rng)
             loss = np.exp(simulated_log_loss(log_mean, data, components.names, variances, rng))
-            result = fit_data(law_form, data.with_loss(loss), delta=delta, problem=problem, fixed=fixed, residuals=False)
+            result = fit_data(law_form, data.with_loss(loss), delta=delta, problem=problem,
+                              fixed=fixed, residuals=False)
             jitter = np.exp(rng.normal(0.0, math.sqrt(variances.sum()), len(at)))
         else:
             counts = row_counts(data, scheme, rng)
-            result = fit_data(law_form, data, delta=delta, weights=counts, problem=problem, fixed=fixed, residuals=False)
+            result = fit_data(law_form, data, delta=delta, weights=counts, problem=problem,
+                              fixed=fixed, residuals=False)
             jitter = np.exp(rng.choice(residual_noise, size=len(at)))
         statuses.append(result.status)
         if result.status == "failed":
             continue
-        rows.append({**_sample_row(result, law_form, multiplier_P, at, jitter), "status": result.status, "at_bound": ",".join(result.at_bound)})
+        rows.append({**_sample_row(result, law_form, multiplier_P, at, jitter), "status": result.status,
+                     "at_bound": ",".join(result.at_bound)})
     samples = pd.DataFrame(rows)
     estimates = _sample_row(point, law_form, multiplier_P, at, np.ones(len(at)))
     intervals = _percentiles(samples, estimates, level)
     statuses = pd.Series(statuses, name="status")
-    return BootstrapResult(point, samples, intervals, level, int((statuses == "failed").sum()), time.perf_counter() - started, scheme,
+    return BootstrapResult(point, samples, intervals, level, int((statuses == "failed").sum()),
+                           time.perf_counter() - started, scheme,
                            components.as_dict() if components is not None else {}, statuses)
 
 
@@ -196,7 +203,8 @@ def _prediction_points(predict_at, form: Form) -> np.ndarray:
         return np.zeros((0, width))
     at = at.reshape(-1, at.shape[-1]) if at.ndim > 1 else at.reshape(1, -1)
     if at.shape[1] != width:
-        raise ValueError(f"predict_at takes {'(N, P, tokens)' if width == 3 else '(N, P)'} tuples for the {form.name!r} form")
+        raise ValueError(f"predict_at takes {'(N, P, tokens)' if width == 3 else '(N, P)'} tuples for the "
+                         f"{form.name!r} form")
     return at
 
 
@@ -212,10 +220,10 @@ def _sample_row(result: FitResult, form: Form, multiplier_P, at, jitter) -> dict
         row["A_prime"] = result.A_prime
     multipliers = form.multiplier(result.params, multiplier_P) if len(multiplier_P) else None
     if multipliers is not None:
-        row.update({f"multiplier@P={P:g}": float(m) for P, m in zip(multiplier_P, multipliers)})
+        row.update({f"multiplier@P={P:g}": float(m) for P, m in zip(multiplier_P, multipliers, strict=True)})
     if len(at):
         predicted = form.predict(result.params, at[:, 0], at[:, 1], at[:, 2] if at.shape[1] > 2 else None)
-        for point, loss, factor in zip(at, predicted, jitter):
+        for point, loss, factor in zip(at, predicted, jitter, strict=True):
             name = prediction_name(point)
             row[name] = float(loss)
             row["new_run_" + name] = float(loss * factor)

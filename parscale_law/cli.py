@@ -30,19 +30,26 @@ from .table import read_results
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m parscale_law", description="Fit parallel scaling laws (ParScale, arXiv 2505.10475).")
+    parser = argparse.ArgumentParser(prog="python -m parscale_law",
+                                     description="Fit parallel scaling laws (ParScale, arXiv 2505.10475).")
     commands = parser.add_subparsers(dest="command", required=True)
 
     fit_cmd = commands.add_parser("fit", help="fit a law to a results table or to the paper's published losses")
     _add_source(fit_cmd)
-    fit_cmd.add_argument("--form", default="log", choices=sorted(FORMS), help="functional form (default: the paper's log form)")
-    fit_cmd.add_argument("--method", default="fast", choices=METHODS, help="fast (default) or the paper's 300-start recipe")
-    fit_cmd.add_argument("--bootstrap", type=int, default=0, metavar="N", help="resamples for confidence intervals (e.g. 1000)")
-    fit_cmd.add_argument("--scheme", default="parametric", choices=SCHEMES, help="how resamples are drawn (default parametric)")
+    fit_cmd.add_argument("--form", default="log", choices=sorted(FORMS),
+                         help="functional form (default: the paper's log form)")
+    fit_cmd.add_argument("--method", default="fast", choices=METHODS,
+                         help="fast (default) or the paper's 300-start recipe")
+    fit_cmd.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                         help="resamples for confidence intervals (e.g. 1000)")
+    fit_cmd.add_argument("--scheme", default="parametric", choices=SCHEMES,
+                         help="how resamples are drawn (default parametric)")
     fit_cmd.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    fit_cmd.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE", help="hold a parameter at a value, e.g. E=1.7 (repeatable)")
+    fit_cmd.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
+                         help="hold a parameter at a value, e.g. E=1.7 (repeatable)")
     fit_cmd.add_argument("--weights", metavar="COLUMN", help="column of per-run weights in the objective")
-    fit_cmd.add_argument("--predict", action="append", default=[], metavar="N,P", help="predicted loss with an interval at (N, P), e.g. 1.1e10,8 (repeatable)")
+    fit_cmd.add_argument("--predict", action="append", default=[], metavar="N,P",
+                         help="predicted loss with an interval at (N, P), e.g. 1.1e10,8 (repeatable)")
     fit_cmd.add_argument("--holdout", metavar="SPEC", help=f"{' | '.join(STANDARD_SPLITS)} | 'TRAIN_QUERY:TEST_QUERY'")
     fit_cmd.add_argument("--json", type=Path, metavar="OUT", help="write the result as JSON")
 
@@ -106,43 +113,61 @@ def _points(specs: list[str]) -> list[tuple[float, ...]]:
 
 
 def _fit_one(table: pd.DataFrame, dataset: str | None, args) -> dict:
-    options = {"form": args.form, "dataset": dataset, "loss_column": args.loss_column, "weights": args.weights, "fixed": _fixed(args.fix)}
+    options = {"form": args.form, "dataset": dataset, "loss_column": args.loss_column, "weights": args.weights,
+               "fixed": _fixed(args.fix)}
     result = fit(table, method=args.method, **options)
     out = {"dataset": dataset, **result.to_dict()}
     if args.bootstrap:
-        out["bootstrap"] = bootstrap(table, n=args.bootstrap, seed=args.seed, scheme=args.scheme, predict_at=_points(args.predict), **options).to_dict()
+        out["bootstrap"] = bootstrap(table, n=args.bootstrap, seed=args.seed, scheme=args.scheme,
+                                     predict_at=_points(args.predict), **options).to_dict()
     if args.holdout:
-        out["holdout"] = holdout(table, split=args.holdout, form=args.form, method=args.method, dataset=dataset, loss_column=args.loss_column).to_dict()
+        out["holdout"] = holdout(table, split=args.holdout, form=args.form, method=args.method, dataset=dataset,
+                                 loss_column=args.loss_column).to_dict()
     return out
 
 
 def _print_fits(report: dict) -> None:
     for name, out in report.items():
-        params = out["params"]
-        print(f"\n{name or 'table'}  ({out['form']} form, {out['method']} method, {out['n_points']} runs, {out['seconds'] * 1e3:.1f} ms)")
-        for key, value in params.items():
-            line = f"  {key:<8} {value:>14.6g}"
-            interval = _interval(out, key)
-            print(line + (f"   [{interval[0]:.6g}, {interval[1]:.6g}]" if interval else ""))
-        if out.get("A_prime") is not None:
-            print(f"  {'A^alpha':<8} {out['A_prime']:>14.6g}")
-        print(f"  R^2 {out['r2']:.4f}   RMSE {out['rmse']:.3g}   objective {out['objective']:.6g}   status {out['status']}")
-        if out["fixed"]:
-            print(f"  fixed: {', '.join(f'{k}={v:g}' for k, v in out['fixed'].items())}")
-        if out["status"] != "converged":
-            print(f"  ({out['reason']})")
+        _print_fit(name, out)
         if "bootstrap" in out:
-            boot = out["bootstrap"]
-            print(f"  bootstrap ({boot['scheme']}): {boot['n_resamples']} resamples, {boot['level']:.0%} intervals, {boot['n_failed']} failed, "
-                  f"{boot['fraction_at_bound']:.0%} at a bound, {boot['seconds']:.1f} s")
-            if boot["p_effect"]:
-                print(f"  streams: {boot['p_effect']}")
-            for row in boot["intervals"]:
-                if row["name"] not in params:
-                    print(f"    {row['name']:<18} {row['estimate']:.4g}   [{row['low']:.4g}, {row['high']:.4g}]")
+            _print_bootstrap(out["bootstrap"], out["params"])
         if "holdout" in out:
-            h = out["holdout"]
-            print(f"  holdout train[{h['train']}] -> test[{h['test']}]: MAPE {h['mape']:.3f}%  max |rel err| {h['max_abs_rel_error']:.4f}  R^2 {h['r2']:.4f}  NMSE {h['nmse']:.4f}  NMAE {h['nmae']:.4f}")
+            _print_holdout(out["holdout"])
+
+
+def _print_fit(name: str | None, out: dict) -> None:
+    """The fit's parameters (with their bootstrap intervals), goodness of fit and status."""
+    params = out["params"]
+    print(f"\n{name or 'table'}  ({out['form']} form, {out['method']} method, {out['n_points']} runs, "
+          f"{out['seconds'] * 1e3:.1f} ms)")
+    for key, value in params.items():
+        line = f"  {key:<8} {value:>14.6g}"
+        interval = _interval(out, key)
+        print(line + (f"   [{interval[0]:.6g}, {interval[1]:.6g}]" if interval else ""))
+    if out.get("A_prime") is not None:
+        print(f"  {'A^alpha':<8} {out['A_prime']:>14.6g}")
+    print(f"  R^2 {out['r2']:.4f}   RMSE {out['rmse']:.3g}   objective {out['objective']:.6g}   status {out['status']}")
+    if out["fixed"]:
+        print(f"  fixed: {', '.join(f'{k}={v:g}' for k, v in out['fixed'].items())}")
+    if out["status"] != "converged":
+        print(f"  ({out['reason']})")
+
+
+def _print_bootstrap(boot: dict, params: dict) -> None:
+    """The resampling's summary and the intervals of the quantities that are not parameters."""
+    print(f"  bootstrap ({boot['scheme']}): {boot['n_resamples']} resamples, {boot['level']:.0%} intervals, "
+          f"{boot['n_failed']} failed, {boot['fraction_at_bound']:.0%} at a bound, {boot['seconds']:.1f} s")
+    if boot["p_effect"]:
+        print(f"  streams: {boot['p_effect']}")
+    for row in boot["intervals"]:
+        if row["name"] not in params:
+            print(f"    {row['name']:<18} {row['estimate']:.4g}   [{row['low']:.4g}, {row['high']:.4g}]")
+
+
+def _print_holdout(check: dict) -> None:
+    print(f"  holdout train[{check['train']}] -> test[{check['test']}]: MAPE {check['mape']:.3f}%  "
+          f"max |rel err| {check['max_abs_rel_error']:.4f}  R^2 {check['r2']:.4f}  NMSE {check['nmse']:.4f}  "
+          f"NMAE {check['nmae']:.4f}")
 
 
 def _interval(out: dict, key: str):

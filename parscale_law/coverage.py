@@ -73,7 +73,10 @@ def coverage(
     summary = summary.reset_index()
     if "row" in schemes:
         row_width = summary[summary["scheme"] == "row"].set_index(["regime", "quantity"])["median_width"]
-        summary["width_vs_row"] = [w / row_width[(r, q)] for r, q, w in zip(summary["regime"], summary["quantity"], summary["median_width"])]
+        summary["width_vs_row"] = [
+            w / row_width[(r, q)]
+            for r, q, w in zip(summary["regime"], summary["quantity"], summary["median_width"], strict=True)
+        ]
     summary.attrs.update(simulations=simulations, resamples=resamples, seed=seed, level=level)
     return summary
 
@@ -106,9 +109,11 @@ def main(argv: list[str] | None = None) -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     started = time.process_time()
-    summary = coverage(schemes=args.schemes.split(","), simulations=args.simulations, resamples=args.resamples, seed=args.seed)
+    summary = coverage(schemes=args.schemes.split(","), simulations=args.simulations,
+                       resamples=args.resamples, seed=args.seed)
     print(f"95% interval coverage on Pile-shaped grids: {args.simulations} simulations per regime (data seeds "
-          f"{args.seed}..{args.seed + args.simulations - 1}), {args.resamples} resamples each; (w Nx): median width over the row scheme's")
+          f"{args.seed}..{args.seed + args.simulations - 1}), {args.resamples} resamples each; "
+          "(w Nx): median width over the row scheme's")
     print(table_text(summary))
     widths = summary.pivot_table(index=["regime", "scheme"], columns="quantity", values="median_width", sort=False)
     print("\nmedian widths:\n" + widths.to_string(float_format=lambda v: f"{v:.4g}"))

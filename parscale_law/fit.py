@@ -154,7 +154,7 @@ class FitResult:
         return text
 
     @classmethod
-    def from_json(cls, text_or_path: str | Path, form: Form | None = None) -> "FitResult":
+    def from_json(cls, text_or_path: str | Path, form: Form | None = None) -> FitResult:
         """Read a result back; pass ``form`` for a custom form (built-in ones are found by name)."""
         text = str(text_or_path)
         if not text.lstrip().startswith("{"):
@@ -215,7 +215,8 @@ def check_fixed(form: Form, fixed: Mapping[str, float] | None) -> dict[str, floa
     fixed = {name: float(value) for name, value in (fixed or {}).items()}
     unknown = sorted(set(fixed) - set(form.param_names))
     if unknown:
-        raise UnknownNameError(f"fixed parameter(s) {unknown} are not in the {form.name!r} form's {list(form.param_names)}")
+        raise UnknownNameError(f"fixed parameter(s) {unknown} are not in the {form.name!r} form's "
+                               f"{list(form.param_names)}")
     if len(fixed) == len(form.param_names):
         raise ValueError("every parameter is fixed; leave at least one free to fit")
     for name, value in fixed.items():
@@ -233,7 +234,8 @@ def prepare_for(form: Form, table, dataset=None, loss_column="loss", weights=Non
     if fixed and "k" in fixed:
         low, _ = form.bounds_for(float(np.max(data.P)))["k"]
         if fixed["k"] < low:
-            raise InvalidTableError(f"fixed k={fixed['k']:g} makes 1 + k ln P <= 0 at this table's largest P; use k > {low:.4g}")
+            raise InvalidTableError(f"fixed k={fixed['k']:g} makes 1 + k ln P <= 0 at this table's largest P; "
+                                    f"use k > {low:.4g}")
     return data
 
 
@@ -273,7 +275,8 @@ def fit_data(
                    time.perf_counter() - started, residuals)
 
 
-def _result(form, method, params, objective, status, reason, at_bound, data, delta, fixed, seconds, with_residuals) -> FitResult:
+def _result(form, method, params, objective, status, reason, at_bound, data, delta, fixed, seconds,
+            with_residuals) -> FitResult:
     predicted = form.predict(params, data.N, data.P, data.D)
     with np.errstate(all="ignore"):
         residual = data.loss - predicted
@@ -281,7 +284,8 @@ def _result(form, method, params, objective, status, reason, at_bound, data, del
     r2 = float(1.0 - np.sum(residual**2) / total) if total > 0 else math.nan
     table = pd.DataFrame()
     if with_residuals:
-        columns = {c: data.rows[c].to_numpy() for c in ("dataset", "size", "run_id", "seed", "tokens") if c in data.rows.columns}
+        columns = {c: data.rows[c].to_numpy() for c in ("dataset", "size", "run_id", "seed", "tokens")
+                   if c in data.rows.columns}
         columns.update(params=data.N, P=data.P, loss=data.loss, predicted=predicted, residual=residual,
                        log_residual=log_residuals(data.loss, predicted))
         if data.weights is not None:
@@ -331,7 +335,7 @@ def _objective_in(form: Form, data: FitData, delta: float, weights, fixed, names
     log_loss = np.log(data.loss)
 
     def objective(x):
-        predicted = form.predict({**fixed, **dict(zip(names, x * scale))}, data.N, data.P, data.D)
+        predicted = form.predict({**fixed, **dict(zip(names, x * scale, strict=True))}, data.N, data.P, data.D)
         with np.errstate(all="ignore"):
             value = huber_sum(log_loss - np.log(predicted), delta, weights)
         return value if np.isfinite(value) else 1e10
@@ -345,15 +349,17 @@ def _objective_in(form: Form, data: FitData, delta: float, weights, fixed, names
 def _fit_paper(form: Form, data: FitData, delta: float, weights, fixed):
     names = [name for name in form.param_names if name not in fixed]
     scale = np.array([form.scale.get(name, 1.0) for name in names])
-    paper_bounds = {name: (max(form.bounds[name][0], PAPER_LOWER_BOUND * form.scale.get(name, 1.0)), form.bounds[name][1]) for name in names}
-    bounds = [(paper_bounds[n][0] / s, finite_or_none(paper_bounds[n][1] / s)) for n, s in zip(names, scale)]
+    paper_bounds = {name: (max(form.bounds[name][0], PAPER_LOWER_BOUND * form.scale.get(name, 1.0)),
+                           form.bounds[name][1]) for name in names}
+    bounds = [(paper_bounds[n][0] / s, finite_or_none(paper_bounds[n][1] / s))
+              for n, s in zip(names, scale, strict=True)]
     objective = _objective_in(form, data, delta, weights, fixed, names, scale)
     best = None
     for start in itertools.product(*(form.starts[name] for name in names)):
         result = minimize(objective, np.array(start) / scale, method="L-BFGS-B", bounds=bounds)
         if best is None or result.fun < best.fun:
             best = result
-    params = {**fixed, **dict(zip(names, best.x * scale))}
+    params = {**fixed, **dict(zip(names, best.x * scale, strict=True))}
     message = f"paper recipe: best of {math.prod(len(form.starts[n]) for n in names)} starts ({best.message})"
     return params, True, message, paper_bounds
 
@@ -367,14 +373,16 @@ def _fit_multistart(form: Form, data: FitData, delta: float, weights, fixed):
     names = [name for name in form.param_names if name not in fixed]
     bounds_used = form.bounds_for(float(np.max(data.P)))
     scale = np.array([form.scale.get(name, 1.0) for name in names])
-    bounds = [(finite_or_none(bounds_used[n][0] / s), finite_or_none(bounds_used[n][1] / s)) for n, s in zip(names, scale)]
+    bounds = [(finite_or_none(bounds_used[n][0] / s), finite_or_none(bounds_used[n][1] / s))
+              for n, s in zip(names, scale, strict=True)]
     rng = np.random.default_rng(0)
     lows = np.array([min(form.starts[n]) for n in names]) / scale
     highs = np.array([max(form.starts[n]) for n in names]) / scale
     log_box = (lows > 0) & (highs > 10 * lows)
     u = rng.random((CUSTOM_STARTS, len(names)))
     safe_lows, safe_highs = np.where(log_box, lows, 1), np.where(log_box, highs, 1)
-    starts = np.where(log_box, np.exp(np.log(safe_lows) + u * (np.log(safe_highs) - np.log(safe_lows))), lows + u * (highs - lows))
+    starts = np.where(log_box, np.exp(np.log(safe_lows) + u * (np.log(safe_highs) - np.log(safe_lows))),
+                      lows + u * (highs - lows))
     starts = np.vstack([(lows + highs) / 2, starts])
     objective = _objective_in(form, data, delta, weights, fixed, names, scale)
 
@@ -387,7 +395,7 @@ def _fit_multistart(form: Form, data: FitData, delta: float, weights, fixed):
         if best is None or result.fun < best.fun:
             best = result
     ok = best.fun < 1e10 / delta
-    params = {**fixed, **dict(zip(names, best.x * scale))}
+    params = {**fixed, **dict(zip(names, best.x * scale, strict=True))}
     return params, ok, f"multi-start L-BFGS-B, {len(starts)} starts ({best.message})", bounds_used
 
 

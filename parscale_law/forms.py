@@ -89,7 +89,8 @@ class CustomForm(Form):
         if self.uses_tokens:
             inputs.append(np.asarray(D, dtype=float))
         with np.errstate(all="ignore"):
-            return np.asarray(self.predict_fn(*inputs, **{name: params[name] for name in self.param_names}), dtype=float)
+            return np.asarray(self.predict_fn(*inputs, **{name: params[name] for name in self.param_names}),
+                              dtype=float)
 
 
 # basis(x, P, *nonlinear) -> (G, (dG/d nonlinear_1, ...)); x is N or D over a reference.
@@ -152,7 +153,8 @@ class SeparableForm(Form):
             return params["E"] + sum(term.evaluate(params, N, P, D) for term in self.terms)
 
     def multiplier(self, params, P):
-        # m such that L(N * m, 1) = L(N, P); the N term scales as N**-exponent, so m = (G(1, 1) / G(1, P))**(1/exponent).
+        # m such that L(N * m, 1) = L(N, P); the N term scales as N**-exponent, so
+        # m = (G(1, 1) / G(1, P))**(1/exponent).
         term = next(t for t in self.terms if t.variable == "N")
         P = np.asarray(P, dtype=float)
         theta = [params[name] for name in term.nonlinear]
@@ -204,10 +206,12 @@ def _N_term(extra: str, basis: Basis) -> PowerTerm:
     return PowerTerm(scale="A", variable="N", nonlinear=("alpha", extra), exponent="alpha", basis=basis, inside=True)
 
 
-TOKENS_TERM = PowerTerm(scale="B", variable="D", nonlinear=("beta",), exponent="beta", basis=_tokens_basis, inside=False)
+TOKENS_TERM = PowerTerm(scale="B", variable="D", nonlinear=("beta",), exponent="beta",
+                        basis=_tokens_basis, inside=False)
 
 
-def _separable(name, extra, basis, extra_bounds, extra_starts, extra_grid, description, k_domain=False) -> SeparableForm:
+def _separable(name, extra, basis, extra_bounds, extra_starts, extra_grid, description,
+               k_domain=False) -> SeparableForm:
     return SeparableForm(
         name=name,
         param_names=("E", "A", "alpha", extra),

@@ -37,7 +37,8 @@ class HoldoutResult:
     metrics: dict[str, float]
 
     def to_dict(self) -> dict:
-        return {"train": self.train, "test": self.test, **self.metrics, "predictions": self.predictions.to_dict(orient="records")}
+        return {"train": self.train, "test": self.test, **self.metrics,
+                "predictions": self.predictions.to_dict(orient="records")}
 
 
 def heldout_metrics(observed, predicted) -> dict[str, float]:
@@ -65,14 +66,17 @@ def parse_split(spec: str) -> tuple[str, str]:
         train, test = (part.strip() for part in spec.split(":"))
         if train and test:
             return train, test
-    raise UnknownNameError(f"unknown split {spec!r}; use one of {sorted(STANDARD_SPLITS)} or 'TRAIN_QUERY:TEST_QUERY', e.g. 'P <= 4:P == 8'")
+    raise UnknownNameError(f"unknown split {spec!r}; use one of {sorted(STANDARD_SPLITS)} or 'TRAIN_QUERY:TEST_QUERY', "
+                           "e.g. 'P <= 4:P == 8'")
 
 
 def _select(table: pd.DataFrame, query: str, role: str) -> pd.DataFrame:
     try:
         selected = table.query(query)
     except Exception as error:  # pandas raises many types for a bad expression
-        raise InvalidTableError(f"bad {role} query {query!r}: {error}; write it over the table's columns, e.g. 'P <= 4'") from None
+        raise InvalidTableError(
+            f"bad {role} query {query!r}: {error}; write it over the table's columns, e.g. 'P <= 4'"
+        ) from None
     if selected.empty:
         raise InvalidTableError(f"the {role} query {query!r} selects no rows")
     return selected
@@ -143,12 +147,14 @@ def rollout(
     groups = size_groups(table)
     n_sizes = int(groups.max()) + 1
     if n_sizes <= min_sizes:
-        raise InvalidTableError(f"{n_sizes} sizes in the table; a rollout from {min_sizes} needs at least {min_sizes + 1}")
+        raise InvalidTableError(f"{n_sizes} sizes in the table; a rollout from {min_sizes} needs at least "
+                                f"{min_sizes + 1}")
     rows = []
     for k in range(min_sizes, n_sizes):
         train_rows, test_rows = table[groups < k], table[groups >= k]
         result = fit(train_rows, form=form, method=method, dataset=dataset, loss_column=loss_column)
         predicted = result.predict(test_rows["params"].to_numpy(float), test_rows["P"].to_numpy(float))
         metrics = heldout_metrics(test_rows[loss_column].to_numpy(float), predicted)
-        rows.append({"train_sizes": k, "largest_train_params": float(train_rows["params"].max()), **result.params, **metrics})
+        rows.append({"train_sizes": k, "largest_train_params": float(train_rows["params"].max()),
+                     **result.params, **metrics})
     return pd.DataFrame(rows)

@@ -26,7 +26,7 @@ class ParScaleLaw:
     k: float
 
     @classmethod
-    def from_A_prime(cls, E: float, A_prime: float, alpha: float, k: float) -> "ParScaleLaw":
+    def from_A_prime(cls, E: float, A_prime: float, alpha: float, k: float) -> ParScaleLaw:
         return cls(E=E, A=A_prime ** (1.0 / alpha), alpha=alpha, k=k)
 
     @property
@@ -48,7 +48,8 @@ class ParScaleLaw:
     def streams_for_multiplier(self, multiplier):
         """The P whose streams are worth ``multiplier`` times the parameters (inverse of ``multiplier``)."""
         if self.k <= 0:
-            raise ValueError(f"k <= 0 (k = {self.k:.3g}): streams add nothing under this law, so no P reaches a multiplier above 1")
+            raise ValueError(f"k <= 0 (k = {self.k:.3g}): streams add nothing under this law, "
+                             "so no P reaches a multiplier above 1")
         return np.exp((np.asarray(multiplier, dtype=float) - 1.0) / self.k)
 
     def params_for_loss(self, loss, P=1):
@@ -58,7 +59,8 @@ class ParScaleLaw:
         multiplier = np.asarray(self.multiplier(P), dtype=float)
         reachable = (reducible > 0) & (multiplier > 0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            N = self.A / np.where(multiplier > 0, multiplier, np.nan) * np.where(reducible > 0, reducible, np.nan) ** (-1.0 / self.alpha)
+            N = (self.A / np.where(multiplier > 0, multiplier, np.nan)
+                 * np.where(reducible > 0, reducible, np.nan) ** (-1.0 / self.alpha))
         return np.where(reachable, N, math.inf)
 
     def to_dict(self) -> dict:

@@ -67,7 +67,7 @@ class VarianceComponents:
     design: np.ndarray
 
     def as_dict(self) -> dict[str, float]:
-        return dict(zip(self.names, self.sd))
+        return dict(zip(self.names, self.sd, strict=True))
 
     def draw_variances(self, rng: np.random.Generator) -> np.ndarray:
         """Variances consistent with statistics drawn from their scaled chi-square laws: with six sizes the
@@ -88,19 +88,21 @@ def variance_components(form: Form, params: dict, data: FitData, free: list[str]
     groupings = [("size", data.sizes)] + ([("cell", data.cells)] if has_replicates(data) else [])
     projections = [_projection(labels) for _, labels in groupings]
     # Statistics: between sizes, between cells within a size, within cells (or within sizes).
-    forms = [projections[0]] + [projections[i] - projections[i - 1] for i in range(1, len(projections))] + [np.eye(n) - projections[-1]]
+    forms = ([projections[0]] + [projections[i] - projections[i - 1] for i in range(1, len(projections))]
+             + [np.eye(n) - projections[-1]])
     names = tuple(name for name, _ in groupings) + ("run",)
     covariances = [M @ _indicator(labels) @ _indicator(labels).T @ M.T for _, labels in groupings] + [M @ M.T]
     design = np.array([[np.trace(A @ S) for S in covariances] for A in forms])
     statistics = np.array([r @ A @ r for A in forms])
     variances = nnls(design, statistics)[0]
-    fitted = sum(v * S for v, S in zip(variances, covariances))
+    fitted = sum(v * S for v, S in zip(variances, covariances, strict=True))
     dof = []
     for A in forms:
         AS = A @ fitted
         mean, var = np.trace(AS), 2.0 * np.trace(AS @ AS)
         dof.append(float(2.0 * mean**2 / var) if var > 0 else 1.0)
-    return VarianceComponents(names, tuple(float(np.sqrt(v)) for v in variances), tuple(max(d, 0.5) for d in dof), statistics, design)
+    return VarianceComponents(names, tuple(float(np.sqrt(v)) for v in variances),
+                              tuple(max(d, 0.5) for d in dof), statistics, design)
 
 
 def _indicator(labels: np.ndarray) -> np.ndarray:
@@ -131,7 +133,7 @@ def _jacobian(form: Form, params: dict, data: FitData, free: list[str], log_mean
 def simulated_log_loss(log_mean: np.ndarray, data: FitData, names, variances, rng: np.random.Generator) -> np.ndarray:
     """ln L of one parametric resample: the fit's ln L plus a draw of every component."""
     y = log_mean.copy()
-    for name, variance in zip(names, variances):
+    for name, variance in zip(names, variances, strict=True):
         sd = float(np.sqrt(max(variance, 0.0)))
         if name == "run":
             y += rng.normal(0.0, sd, len(y))

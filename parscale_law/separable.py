@@ -39,7 +39,8 @@ def _solve_small(matrix: list[list[np.ndarray]], rhs: list[np.ndarray]) -> list[
         return [rhs[0] / matrix[0][0]]
     if k == 2:
         det = matrix[0][0] * matrix[1][1] - matrix[0][1] * matrix[1][0]
-        return [(rhs[0] * matrix[1][1] - matrix[0][1] * rhs[1]) / det, (matrix[0][0] * rhs[1] - matrix[1][0] * rhs[0]) / det]
+        return [(rhs[0] * matrix[1][1] - matrix[0][1] * rhs[1]) / det,
+                (matrix[0][0] * rhs[1] - matrix[1][0] * rhs[0]) / det]
     stacked = np.stack([np.stack(row, axis=-1) for row in matrix], axis=-2)
     ridge = 1e-12 * np.trace(stacked, axis1=-2, axis2=-1)[:, None, None] * np.eye(k)
     solved = np.linalg.solve(stacked + ridge, np.stack(rhs, axis=-1)[..., None])[..., 0]
@@ -48,6 +49,20 @@ def _solve_small(matrix: list[list[np.ndarray]], rhs: list[np.ndarray]) -> list[
 
 def finite_or_none(value: float):
     return value if math.isfinite(value) else None
+
+
+def _add_term_gradients(gradient: np.ndarray, parts: list[tuple], slope: np.ndarray) -> None:
+    """Adds each term's part of the gradient: through its size (ln b, or the exponent where a fixed A or B
+    ties ln b to it) and through its nonlinear parameters."""
+    for theta_slots, size_slot, line, exponent_slot, term_value, dG, size in parts:
+        through_size = slope @ term_value
+        if size_slot is not None:
+            gradient[size_slot] = through_size
+        elif exponent_slot is not None:
+            gradient[exponent_slot] += through_size * line[1]
+        for (slot, _), derivative in zip(theta_slots, dG, strict=True):
+            if slot is not None:
+                gradient[slot] += size * (slope @ derivative)
 
 
 class SeparableProblem:
@@ -108,22 +123,23 @@ class SeparableProblem:
         """(params, optimiser_ok, message) for these weights (default: the data's) and losses."""
         y = self.data.loss if loss is None else np.asarray(loss, dtype=float)
         w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=float)
-        log_y = np.log(y)
         E, b = self._linear_part(y, w)
         predicted = self.known + (E[:, None] if self.E_free else self.fixed["E"])
-        for j, coefficient in zip(self.free_terms, b):
+        for j, coefficient in zip(self.free_terms, b, strict=True):
             predicted = predicted + coefficient[:, None] * self.G[j]
         with np.errstate(all="ignore"):
             grid_objective = huber_sum(log_residuals(y, predicted), delta, w, axis=-1)
         grid_objective = np.where(np.isfinite(grid_objective), grid_objective, np.inf).reshape(self.grid_shape)
-        is_minimum = (minimum_filter(grid_objective, size=3, mode="constant", cval=np.inf) == grid_objective) & np.isfinite(grid_objective)
+        is_minimum = ((minimum_filter(grid_objective, size=3, mode="constant", cval=np.inf) == grid_objective)
+                      & np.isfinite(grid_objective))
         candidates = np.argwhere(is_minimum)
         order = np.argsort(grid_objective[is_minimum])[:POLISHED_MINIMA]
         best = None
         for index in candidates[order]:
             cell = np.ravel_multi_index(tuple(index), self.grid_shape)
             start = ([E[cell]] if self.E_free else []) + [math.log(coefficient[cell]) for coefficient in b]
-            start += [self.axes[self.nonlinear.index(name)][index[self.nonlinear.index(name)]] for name in self.free_nonlinear]
+            start += [self.axes[self.nonlinear.index(name)][index[self.nonlinear.index(name)]]
+                      for name in self.free_nonlinear]
             result = self._polish(np.array(start, dtype=float), y, w, delta)
             if best is None or result.fun < best.fun:
                 best = result
@@ -160,7 +176,8 @@ class SeparableProblem:
         if k == 0:
             return np.zeros(cells), []
         vt = v * target
-        rhs = [np.broadcast_to(vt.sum(axis=-1) if j is None else (np.sum(self.G[j] * vt, axis=-1) if per_cell else self.G[j] @ vt), (cells,))
+        rhs = [np.broadcast_to(vt.sum(axis=-1) if j is None
+                               else (np.sum(self.G[j] * vt, axis=-1) if per_cell else self.G[j] @ vt), (cells,))
                for j in columns]
         gram = [[None] * k for _ in range(k)]
         for a, ja in enumerate(columns):
@@ -183,10 +200,11 @@ class SeparableProblem:
                 reduced_rhs = [rhs[a] - sum(gram[a][c] * lower[c] for c in range(k) if active[c]) for a in free]
                 with np.errstate(all="ignore"):
                     solved = _solve_small([[gram[a][c] for c in free] for a in free], reduced_rhs)
-                for a, value in zip(free, solved):
+                for a, value in zip(free, solved, strict=True):
                     beta[a] = value
             with np.errstate(all="ignore"):
-                feasible = np.logical_and.reduce([np.isfinite(beta[a]) & (beta[a] >= lower[a] - 1e-12) for a in range(k)])
+                feasible = np.logical_and.reduce([np.isfinite(beta[a]) & (beta[a] >= lower[a] - 1e-12)
+                                                  for a in range(k)])
                 value = constant - 2 * sum(beta[a] * rhs[a] for a in range(k))
                 value = value + sum(beta[a] * beta[c] * gram[a][c] for a in range(k) for c in range(k))
             better = feasible & (value < best_value)
@@ -218,22 +236,15 @@ class SeparableProblem:
         return values, log_b
 
     def _polish(self, start, y, w, delta):
-        bounds = ([(self.E_lower, None)] if self.E_free else []) + [(None, None)] * len(self.free_terms)
-        bounds += [(finite_or_none(self.bounds[n][0]), finite_or_none(self.bounds[n][1])) for n in self.free_nonlinear]
+        bounds = self._polish_bounds()
         low = np.array([-np.inf if b[0] is None else b[0] for b in bounds])
         high = np.array([np.inf if b[1] is None else b[1] for b in bounds])
         start = np.clip(start, low, high)
         log_y, P = np.log(y), self.data.P
-        slots = {name: i for i, name in enumerate(["E"] * self.E_free + [f"b{j}" for j in self.free_terms] + self.free_nonlinear)}
+        slots = {name: i for i, name in enumerate(
+            ["E"] * self.E_free + [f"b{j}" for j in self.free_terms] + self.free_nonlinear)}
         E_slot, E_value = slots.get("E"), self.fixed.get("E")
-        plans = []
-        for j, term in enumerate(self.form.terms):
-            plans.append((
-                term.basis, self.x[term.variable],
-                [(slots.get(n), self.fixed.get(n)) for n in term.nonlinear],
-                slots.get(f"b{j}"), None if f"b{j}" in slots else self._fixed_line(term), slots.get(term.exponent),
-                term.nonlinear.index(term.exponent),
-            ))
+        plans = self._term_plans(slots)
 
         def value_and_gradient(z):
             gradient = np.zeros(len(z))
@@ -253,15 +264,7 @@ class SeparableProblem:
             slope = -w * huber_slope(r, delta) / (delta * predicted)
             if E_slot is not None:
                 gradient[E_slot] = slope.sum()
-            for theta_slots, size_slot, line, exponent_slot, term_value, dG, size in parts:
-                through_size = slope @ term_value
-                if size_slot is not None:
-                    gradient[size_slot] = through_size
-                elif exponent_slot is not None:
-                    gradient[exponent_slot] += through_size * line[1]
-                for (slot, _), derivative in zip(theta_slots, dG):
-                    if slot is not None:
-                        gradient[slot] += size * (slope @ derivative)
+            _add_term_gradients(gradient, parts, slope)
             return value, gradient
 
         options = {"ftol": 1e-14, "gtol": 1e-10, "maxiter": 2000}
@@ -270,17 +273,39 @@ class SeparableProblem:
             if not result.success:
                 # A line search can stall where the Huber objective's curvature jumps (|r| = delta);
                 # restarting from there resets L-BFGS-B's curvature memory and usually finishes the job.
-                result = minimize(value_and_gradient, result.x, jac=True, method="L-BFGS-B", bounds=bounds, options=options)
+                result = minimize(value_and_gradient, result.x, jac=True, method="L-BFGS-B",
+                                  bounds=bounds, options=options)
         result.fun = result.fun * delta
         result.bounds = bounds
         return result
+
+    def _polish_bounds(self) -> list[tuple]:
+        """L-BFGS-B's bounds on z = (E, the free terms' ln b, the free nonlinear parameters); None: open."""
+        bounds = ([(self.E_lower, None)] if self.E_free else []) + [(None, None)] * len(self.free_terms)
+        bounds += [(finite_or_none(self.bounds[n][0]), finite_or_none(self.bounds[n][1])) for n in self.free_nonlinear]
+        return bounds
+
+    def _term_plans(self, slots: dict[str, int]) -> list[tuple]:
+        """Per term, what the polish needs to evaluate it from z: its basis and x; per nonlinear parameter its
+        slot in z or its fixed value; the slot of ln b, or the fixed line giving ln b from the exponent; the
+        exponent's slot and its index among the term's nonlinear parameters."""
+        plans = []
+        for j, term in enumerate(self.form.terms):
+            plans.append((
+                term.basis, self.x[term.variable],
+                [(slots.get(n), self.fixed.get(n)) for n in term.nonlinear],
+                slots.get(f"b{j}"), None if f"b{j}" in slots else self._fixed_line(term), slots.get(term.exponent),
+                term.nonlinear.index(term.exponent),
+            ))
+        return plans
 
     def _params(self, z) -> dict[str, float]:
         values, log_b = self._unpack(z)
         params = {"E": float(values["E"])}
         for j, term in enumerate(self.form.terms):
             if j in log_b:
-                params[term.scale] = term.scale_from(float(log_b[j]), float(values[term.exponent]), self.refs[term.variable])
+                params[term.scale] = term.scale_from(float(log_b[j]), float(values[term.exponent]),
+                                                     self.refs[term.variable])
             else:
                 params[term.scale] = float(self.fixed[term.scale])
         params.update({name: float(values[name]) for name in self.nonlinear})

@@ -62,7 +62,7 @@ def simulate(
     runs["loss"] = mean * np.exp(offsets)
     runs["dataset"] = dataset
     runs["status"] = "done"
-    runs["run_id"] = [f"{s}-P{p:g}-s{k}" for s, p, k in zip(runs["size"], runs["P"], runs["seed"])]
+    runs["run_id"] = [f"{s}-P{p:g}-s{k}" for s, p, k in zip(runs["size"], runs["P"], runs["seed"], strict=True)]
     first = ["dataset", "size", "params", "P"] + (["tokens"] if "tokens" in runs.columns else [])
     return runs[first + ["loss", "seed", "run_id", "status"]]
 
@@ -75,7 +75,8 @@ def _truth(truth, form) -> tuple[dict[str, float], Form]:
     law_form = get_form(form)
     missing = sorted(set(law_form.param_names) - set(truth))
     if missing:
-        raise ValueError(f"truth lacks {missing} of the {law_form.name!r} form's parameters {list(law_form.param_names)}")
+        raise ValueError(f"truth lacks {missing} of the {law_form.name!r} form's parameters "
+                         f"{list(law_form.param_names)}")
     return {name: float(truth[name]) for name in law_form.param_names}, law_form
 
 
@@ -94,6 +95,6 @@ def _design(grid, N, P, tokens) -> pd.DataFrame:
     if tokens is not None:
         columns["tokens"] = np.asarray(tokens, float)
     mesh = np.meshgrid(*columns.values(), indexing="ij")
-    design = pd.DataFrame({name: axis.ravel() for name, axis in zip(columns, mesh)})
+    design = pd.DataFrame({name: axis.ravel() for name, axis in zip(columns, mesh, strict=True)})
     design.insert(0, "size", [f"N={n:.3g}" for n in design["params"]])
     return design

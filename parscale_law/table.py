@@ -88,7 +88,7 @@ class FitData:
     sizes: np.ndarray | None = None
     cells: np.ndarray | None = None
 
-    def with_loss(self, loss: np.ndarray) -> "FitData":
+    def with_loss(self, loss: np.ndarray) -> FitData:
         """The same runs with other losses (a parametric bootstrap's simulated ones)."""
         return replace(self, loss=np.asarray(loss, dtype=float))
 
@@ -165,30 +165,59 @@ def prepare(
     name, a Series or one value per row) weigh each run in the objective; ``need_tokens`` requires a
     ``tokens`` column with at least two values. Rows are named by their index in the table passed in.
     """
+    required = _required_columns(table, loss_column, need_tokens)
+    if weights is not None:
+        table = _attach_weights(table, weights)
+    table = finished_runs(_one_dataset(table, dataset))
+    _check_one_recipe(table)
+    values = _positive_values(table, required)
+    run_weights = None
+    if weights is not None:
+        table, run_weights = _take_weights(table)
+    _check_no_duplicates(table)
+    _check_design(values, len(table), min_rows, need_several_N, need_several_P, need_tokens)
+    sizes, cells = _sizes_and_cells(table, values)
+    return FitData(
+        N=values["params"], P=values["P"], loss=values[loss_column], rows=table.copy(), weights=run_weights,
+        D=values.get("tokens"), sizes=sizes, cells=cells,
+    )
+
+
+def _required_columns(table: pd.DataFrame, loss_column: str, need_tokens: bool) -> tuple[str, ...]:
+    """The columns the fit reads; refuses a table without them."""
     if not isinstance(table, pd.DataFrame):
-        raise InvalidTableError(f"expected a pandas DataFrame, got {type(table).__name__}; read files with read_results()")
+        raise InvalidTableError(f"expected a pandas DataFrame, got {type(table).__name__}; "
+                                "read files with read_results()")
     required = ("params", "P", loss_column) + (("tokens",) if need_tokens else ())
     missing = [c for c in required if c not in table.columns]
     if missing:
         raise InvalidTableError(
             f"missing column(s) {missing}; the table has {list(table.columns)}. "
-            "A results table needs params (non-embedding N), P and loss" + (", and tokens for this form" if need_tokens else "")
+            "A results table needs params (non-embedding N), P and loss"
+            + (", and tokens for this form" if need_tokens else "")
         )
-    if weights is not None:
-        table = _attach_weights(table, weights)
-    if "dataset" in table.columns:
-        names = sorted(map(str, table["dataset"].dropna().unique()))
-        if dataset is not None:
-            if dataset not in names:
-                raise InvalidTableError(f"no rows for dataset {dataset!r}; the table has {names}")
-            table = table[table["dataset"].astype(str) == dataset]
-        elif len(names) > 1:
-            raise InvalidTableError(f"the table holds several data sets {names}; choose one with dataset=NAME (--dataset NAME)")
-    elif dataset is not None:
-        raise InvalidTableError(f"dataset={dataset!r} given but the table has no 'dataset' column; drop the option")
-    table = finished_runs(table)
-    _check_one_recipe(table)
+    return required
 
+
+def _one_dataset(table: pd.DataFrame, dataset: str | None) -> pd.DataFrame:
+    """The rows of ``dataset``; without one, the table must hold a single data set."""
+    if "dataset" not in table.columns:
+        if dataset is not None:
+            raise InvalidTableError(f"dataset={dataset!r} given but the table has no 'dataset' column; drop the option")
+        return table
+    names = sorted(map(str, table["dataset"].dropna().unique()))
+    if dataset is None:
+        if len(names) > 1:
+            raise InvalidTableError(f"the table holds several data sets {names}; "
+                                    "choose one with dataset=NAME (--dataset NAME)")
+        return table
+    if dataset not in names:
+        raise InvalidTableError(f"no rows for dataset {dataset!r}; the table has {names}")
+    return table[table["dataset"].astype(str) == dataset]
+
+
+def _positive_values(table: pd.DataFrame, required) -> dict[str, np.ndarray]:
+    """Each required column as floats, all finite and positive, with P >= 1."""
     values = {}
     for column in required:
         numeric = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=float)
@@ -202,16 +231,21 @@ def prepare(
     below_one = values["P"] < 1
     if below_one.any():
         raise InvalidTableError(f"P must be >= 1 (a count of streams); rows {_rows_text(table, below_one)} are not")
-    run_weights = None
-    if weights is not None:
-        run_weights = pd.to_numeric(table[WEIGHT_COLUMN], errors="coerce").to_numpy(dtype=float)
-        bad = ~np.isfinite(run_weights) | (run_weights < 0)
-        if bad.any():
-            raise InvalidTableError(f"weights must be finite and >= 0; rows {_rows_text(table, bad)} are not")
-        if not (run_weights > 0).any():
-            raise InvalidTableError("every weight is 0; give at least one run a positive weight")
-        table = table.drop(columns=WEIGHT_COLUMN)
+    return values
 
+
+def _take_weights(table: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """The attached weights, checked, and the table without their column."""
+    run_weights = pd.to_numeric(table[WEIGHT_COLUMN], errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(run_weights) | (run_weights < 0)
+    if bad.any():
+        raise InvalidTableError(f"weights must be finite and >= 0; rows {_rows_text(table, bad)} are not")
+    if not (run_weights > 0).any():
+        raise InvalidTableError("every weight is 0; give at least one run a positive weight")
+    return table.drop(columns=WEIGHT_COLUMN), run_weights
+
+
+def _check_no_duplicates(table: pd.DataFrame) -> None:
     key = [c for c in ("dataset", "params", "P", "tokens", "seed") if c in table.columns]
     duplicated = table.duplicated(subset=key, keep=False).to_numpy()
     if duplicated.any():
@@ -219,8 +253,14 @@ def prepare(
             f"rows {_rows_text(table, duplicated)} repeat the same (params, P{', seed' if 'seed' in key else ''}); "
             "drop the duplicates, or give replicates distinct seeds in a 'seed' column"
         )
-    if len(table) < min_rows:
-        raise InvalidTableError(f"{len(table)} usable rows but the form needs at least {min_rows} (its free parameters + 1); add runs")
+
+
+def _check_design(values, rows: int, min_rows: int, need_several_N: bool, need_several_P: bool,
+                  need_tokens: bool) -> None:
+    """Enough rows for the form, and the spread in N, P and tokens that it needs."""
+    if rows < min_rows:
+        raise InvalidTableError(f"{rows} usable rows but the form needs at least {min_rows} (its free parameters + 1); "
+                                "add runs")
     if need_several_N and np.unique(values["params"]).size < 2:
         raise InvalidTableError("all rows have the same params; the law needs runs at two or more model sizes")
     if need_several_P and np.unique(values["P"]).size < 2:
@@ -230,12 +270,13 @@ def prepare(
             f"every run has tokens = {values['tokens'][0]:.4g}; a tokens term needs runs at two or more token counts "
             "(fit the log form instead)"
         )
+
+
+def _sizes_and_cells(table: pd.DataFrame, values) -> tuple[np.ndarray, np.ndarray]:
+    """Each run's size group and its cell (size, P and tokens): runs in one cell are replicates."""
     sizes = size_groups(table).to_numpy(dtype=int)
     cell_key = [sizes, values["P"]]
     if "tokens" in table.columns:  # runs at other training lengths are other cells, not replicates
         cell_key.append(pd.to_numeric(table["tokens"], errors="coerce").fillna(-1).to_numpy(dtype=float))
     cells = np.unique(np.stack(cell_key), axis=1, return_inverse=True)[1].ravel()
-    return FitData(
-        N=values["params"], P=values["P"], loss=values[loss_column], rows=table.copy(), weights=run_weights,
-        D=values.get("tokens"), sizes=sizes, cells=cells,
-    )
+    return sizes, cells

@@ -93,7 +93,8 @@ def _stage_one_checkpoint(path: Path) -> Path:
     if (path / "config.json").exists():
         return path  # a Hugging Face Qwen2 (or P = 1 ParScale) checkpoint dir
     hint = " (that run has not finished)" if (path / "config.yaml").exists() else ""
-    raise ConfigError(f"init_from={path} holds no model{hint}; point it at a finished P = 1 run dir or a Qwen2 checkpoint dir")
+    raise ConfigError(f"init_from={path} holds no model{hint}; "
+                      "point it at a finished P = 1 run dir or a Qwen2 checkpoint dir")
 
 
 def build_optimizer(model: torch.nn.Module, optim: OptimConfig, fused: bool = False) -> torch.optim.AdamW | None:
@@ -106,7 +107,8 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig, fused: bool = Fa
     if not named:
         return None
     groups = []
-    for is_parscale, lr_scale, decay in ((False, 1.0, optim.weight_decay), (True, optim.parscale_lr_scale, parscale_decay)):
+    for is_parscale, lr_scale, decay in ((False, 1.0, optim.weight_decay),
+                                         (True, optim.parscale_lr_scale, parscale_decay)):
         chosen = [p for name, p in named if is_parscale_parameter(name) == is_parscale]
         for matrices, weight_decay in ((True, decay), (False, 0.0)):
             params = [p for p in chosen if (p.ndim >= 2) == matrices]

@@ -54,7 +54,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=1)
 
     @classmethod
-    def read(cls, sweep_dir: Path) -> "Manifest | None":
+    def read(cls, sweep_dir: Path) -> Manifest | None:
         path = Path(sweep_dir) / MANIFEST
         if not path.exists():
             return None

@@ -191,7 +191,7 @@ class PreemptionGuard:
     def _record(self, signum, frame):
         self.signum = self.signum or signum
 
-    def __enter__(self) -> "PreemptionGuard":
+    def __enter__(self) -> PreemptionGuard:
         try:
             for signum in self.SIGNALS:
                 self.previous[signum] = signal.signal(signum, self._record)

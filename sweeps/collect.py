@@ -50,7 +50,9 @@ def collect_wandb_files(directory: str | Path, group: str | None = None) -> pd.D
     try:
         runs = read_runs(directory)
     except ImportError:
-        raise RuntimeError("reading wandb's files needs the wandb package (its record definitions); pip install wandb") from None
+        raise RuntimeError(
+            "reading wandb's files needs the wandb package (its record definitions); pip install wandb"
+        ) from None
     return _table(rows_from_wandb(run for run in runs if group is None or run.group == group))
 
 
@@ -71,7 +73,9 @@ def collect_wandb(path: str, group: str | None = None, api=None) -> pd.DataFrame
         raise RuntimeError("wandb is not installed; pip install wandb, or collect from the run directories") from None
     except Exception as error:  # wandb raises its own types for network and authentication failures
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise RuntimeError(f"wandb API failed for {path}: {first_line}; check the network, WANDB_API_KEY and the path") from None
+        raise RuntimeError(
+            f"wandb API failed for {path}: {first_line}; check the network, WANDB_API_KEY and the path"
+        ) from None
     return _table(rows_from_wandb(runs))
 
 
@@ -96,9 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.wandb:
             table = collect_wandb(args.wandb, args.group)
         elif args.sweep_dir is not None and args.sweep_dir.is_dir():
-            table = collect_wandb_files(args.sweep_dir, args.group) if args.wandb_files else collect_runs(args.sweep_dir)
+            table = (collect_wandb_files(args.sweep_dir, args.group) if args.wandb_files
+                     else collect_runs(args.sweep_dir))
         else:
-            raise ValueError(f"{args.sweep_dir} is not a directory; pass the sweep directory, or --wandb ENTITY/PROJECT")
+            raise ValueError(f"{args.sweep_dir} is not a directory; "
+                             "pass the sweep directory, or --wandb ENTITY/PROJECT")
         out = args.out or (args.sweep_dir / "results.csv" if args.sweep_dir else None)
         if out is None:
             raise ValueError("--out FILE is needed with --wandb and no sweep directory")

@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -25,7 +25,8 @@ from .stages import Stage2Config
 try:
     CONF_DIR = Path(resources.files("conf"))
 except ModuleNotFoundError:  # an editable install made before conf/ became a package does not map it
-    raise ImportError("no `conf` package of Hydra configs: reinstall the toolkit (pip install -e . in the checkout)") from None
+    raise ImportError("no `conf` package of Hydra configs: "
+                      "reinstall the toolkit (pip install -e . in the checkout)") from None
 # `${stage_suffix:${stage},${stage2_fraction}}` in conf/: what a run directory's name adds for its stage.
 OmegaConf.register_new_resolver("stage_suffix", stages.suffix, replace=True)
 
@@ -67,23 +68,40 @@ class ConfigError(ValueError):
 class DataConfig:
     name: str  # the `dataset` column of the results table, e.g. "pile"
     source: str  # one of DATA_SOURCES
-    path: Optional[str] = None  # hub: a `datasets.load_dataset` path (hub name, or "json"/"text" for local files)
-    config_name: Optional[str] = None
-    data_dir: Optional[str] = None
+    path: str | None = None  # hub: a `datasets.load_dataset` path (hub name, or "json"/"text" for local files)
+    config_name: str | None = None
+    data_dir: str | None = None
     data_files: Any = None
     train_split: str = "train"
-    eval_split: Optional[str] = None  # None: hold out `holdout_fraction` of train_split by document hash
+    eval_split: str | None = None  # None: hold out `holdout_fraction` of train_split by document hash
     holdout_fraction: float = 0.01
     text_field: str = "text"
     tokenizer: str = "bytes"  # "bytes" (the tiny models' vocabulary) or an AutoTokenizer name or directory
-    blob_store: Optional[str] = None  # rows carry Software Heritage blob ids; contents from here (sweeps/documents.py)
-    prepared: Optional[str] = None  # a directory written by `python -m sweeps.prepare`: train from its token files
+    blob_store: str | None = None  # rows carry Software Heritage blob ids; contents from here (sweeps/documents.py)
+    prepared: str | None = None  # a directory written by `python -m sweeps.prepare`: train from its token files
+
+
+def _check_data(data: DataConfig) -> None:
+    if data.source not in DATA_SOURCES:
+        raise ConfigError(f"data.source={data.source!r} is unknown; use one of {', '.join(DATA_SOURCES)}")
+    if data.source == "hub" and not data.path:
+        raise ConfigError(f"data={data.name} has source hub but no path; set data.path to a hub name or json/text")
+    if data.source == "hub" and data.path in LOCAL_BUILDERS and not data.data_files:
+        raise ConfigError(f"data.path={data.path} reads local files: set data.data_files='[a.{data.path},...]'")
+    if data.source != "hub" and data.blob_store:
+        raise ConfigError(f"data.blob_store applies to hub data only; {data.source} reads its own files")
+    if data.source != "hub" and data.eval_split:
+        raise ConfigError("data.eval_split applies to hub data only; "
+                          f"{data.source} holds out by hash (holdout_fraction)")
+    if data.eval_split is None and not 0 < data.holdout_fraction < 1:
+        raise ConfigError(f"data.holdout_fraction={data.holdout_fraction} must lie in (0, 1) "
+                          "when data.eval_split is null")
 
 
 @dataclass
 class OptimConfig:
     lr: float = 3e-3  # peak learning rate, unless lr_by_size names the model's size
-    lr_by_size: Dict[str, float] = field(default_factory=dict)
+    lr_by_size: dict[str, float] = field(default_factory=dict)
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
@@ -94,21 +112,29 @@ class OptimConfig:
     decay_fraction: float = 0.2  # wsd only: the final fraction of steps decays linearly to min_lr_ratio
     min_lr_ratio: float = 0.1  # final learning rate / peak
     parscale_lr_scale: float = 1.0  # the prefixes' and aggregator's learning rate / the backbone's
-    parscale_weight_decay: Optional[float] = None  # on the prefixes and aggregator's matrices; None: weight_decay
+    parscale_weight_decay: float | None = None  # on the prefixes and aggregator's matrices; None: weight_decay
+
+
+def _check_optim(optim: OptimConfig) -> None:
+    if not 0 <= optim.warmup_fraction < 1 or not 0 < optim.decay_fraction <= 1:
+        raise ConfigError("optim.warmup_fraction must lie in [0, 1) and optim.decay_fraction in (0, 1]")
+    if optim.parscale_lr_scale <= 0:
+        raise ConfigError(f"optim.parscale_lr_scale={optim.parscale_lr_scale} must be positive "
+                          "(1 = the backbone's rate)")
 
 
 @dataclass
 class WandbConfig:
     mode: str = "offline"  # one of WANDB_MODES
     project: str = "parscale"
-    group: Optional[str] = None  # the grid
-    name: Optional[str] = None  # the cell
+    group: str | None = None  # the grid
+    name: str | None = None  # the cell
     init_timeout_s: float = 60.0
 
 
 @dataclass
 class TrainConfig:
-    model: Dict[str, Any]  # a conf/model/*.yaml mapping (see models.config_from_mapping)
+    model: dict[str, Any]  # a conf/model/*.yaml mapping (see models.config_from_mapping)
     data: DataConfig
     run_dir: str  # everything is written here; a restart resumes from the checkpoint here
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -132,14 +158,14 @@ class TrainConfig:
     strategy: str = "auto"  # one of STRATEGIES; auto: ddp below fsdp_min_params total parameters, else fsdp
     fsdp_min_params: float = 1e9
     activation_checkpointing: bool = False  # per decoder block
-    compile: Optional[bool] = None  # torch.compile per decoder block; None: on CUDA only
+    compile: bool | None = None  # torch.compile per decoder block; None: on CUDA only
     attn_implementation: str = "sdpa"  # one of ATTENTION
     loss_chunk_tokens: int = 4096  # tokens per chunk of the cross-entropy (the logits never exist whole)
-    init_from: Optional[str] = None  # stage 2: its stage-1 run dir; stage 0: a finished P = 1 run or Qwen2 checkpoint dir
+    init_from: str | None = None  # stage 2: its stage-1 run dir; stage 0: a finished P = 1 run or Qwen2 checkpoint dir
     freeze_backbone: bool = False  # two-stage: train only the prefixes and the aggregator
     stage: int = 0  # two-stage training (sweeps/stages.py): 0 one stage; 1 the P = 1 backbone; 2 streams added to it
     stage2_fraction: float = 0.0  # the last fraction of `tokens` that is stage 2 (0: one stage)
-    branch_fractions: List[float] = field(default_factory=list)  # stage 1: further stage2_fraction values it feeds
+    branch_fractions: list[float] = field(default_factory=list)  # stage 1: further stage2_fraction values it feeds
     stage2: Stage2Config = field(default_factory=Stage2Config)
 
     @property
@@ -159,6 +185,66 @@ class TrainConfig:
         return self.optim.lr_by_size.get(self.size, self.optim.lr)
 
 
+def _check_model(config: TrainConfig) -> None:
+    """The model mapping and P."""
+    if "name" not in config.model:
+        raise ConfigError("the model mapping has no `name`; compose it with model=<size> (conf/model/*.yaml)")
+    if config.parscale_n < 1:
+        raise ConfigError(f"parscale_n={config.parscale_n}: P must be at least 1 (1 = plain Qwen2); "
+                          "set parscale_n=1, 2, 4 or 8")
+    model_p = config.model.get("parscale_n", config.parscale_n)
+    if model_p != config.parscale_n:
+        raise ConfigError(
+            f"model.parscale_n={model_p} but parscale_n={config.parscale_n}: set P once, with parscale_n={model_p}"
+        )
+
+
+def _check_counts(config: TrainConfig) -> None:
+    """Lengths, batch sizes and intervals are at least 1; the seed is not negative."""
+    for key in ("seq_len", "global_batch_size", "micro_batch_size", "eval_sequences", "eval_interval",
+                "log_interval", "checkpoint_interval", "checkpoints_keep", "loss_chunk_tokens"):
+        if getattr(config, key) < 1:
+            raise ConfigError(f"{key}={getattr(config, key)} must be at least 1")
+    if config.seed < 0:
+        raise ConfigError(f"seed={config.seed} must be 0 or more (it seeds numpy's generator too)")
+
+
+def _check_batches(config: TrainConfig) -> None:
+    """Micro batches add up to the global batch, the budget holds a batch, and a row fits the model."""
+    if config.global_batch_size % config.micro_batch_size:
+        raise ConfigError(
+            f"global_batch_size={config.global_batch_size} is not a multiple of micro_batch_size="
+            f"{config.micro_batch_size}; choose a micro batch that divides it"
+        )
+    if config.total_steps < 1:
+        raise ConfigError(
+            f"tokens={config.tokens} is less than one batch (global_batch_size * seq_len = {config.tokens_per_step}); "
+            f"raise tokens to at least {config.tokens_per_step}"
+        )
+    max_positions = config.model.get("max_position_embeddings")
+    if max_positions is not None and config.seq_len > max_positions:
+        raise ConfigError(
+            f"seq_len={config.seq_len} exceeds the model's max_position_embeddings={max_positions}; lower seq_len"
+        )
+
+
+def _check_choices(config: TrainConfig) -> None:
+    choices = {"optim.schedule": (config.optim.schedule, SCHEDULES), "precision": (config.precision, PRECISIONS),
+               "strategy": (config.strategy, STRATEGIES), "wandb.mode": (config.wandb.mode, WANDB_MODES),
+               "attn_implementation": (config.attn_implementation, ATTENTION)}
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is unknown; use one of {', '.join(allowed)}")
+
+
+def _check_run_settings(config: TrainConfig) -> None:
+    """Checkpoint timing, the collectives' timeout and the loss smoothing."""
+    if config.checkpoint_interval_min < 0 or config.distributed_timeout_min <= 0:
+        raise ConfigError("checkpoint_interval_min must be >= 0 (0: off) and distributed_timeout_min > 0 (minutes)")
+    if not 0 <= config.loss_smoothing < 1:
+        raise ConfigError(f"loss_smoothing={config.loss_smoothing} must lie in [0, 1)")
+
+
 def from_mapping(mapping) -> TrainConfig:
     """A TrainConfig from a (resolved or not) mapping such as Hydra's cfg; unknown keys and bad types fail."""
     mapping = mapping if OmegaConf.is_config(mapping) else OmegaConf.create(mapping)
@@ -174,7 +260,7 @@ def from_mapping(mapping) -> TrainConfig:
     return config
 
 
-def load_config(overrides: List[str] = ()) -> TrainConfig:
+def load_config(overrides: list[str] = ()) -> TrainConfig:
     """The config that `python -m sweeps.train OVERRIDES` would run, for notebooks and tests. `run_dir=PATH`
     is required here (the app takes it from Hydra's run dir)."""
     from hydra import compose, initialize_config_dir
@@ -194,62 +280,13 @@ def load_config(overrides: List[str] = ()) -> TrainConfig:
 def check(config: TrainConfig) -> None:
     """Refuses, before anything is built, values that cannot train (the model's own fields are checked by
     `models` when the model config is built)."""
-    if "name" not in config.model:
-        raise ConfigError("the model mapping has no `name`; compose it with model=<size> (conf/model/*.yaml)")
-    if config.parscale_n < 1:
-        raise ConfigError(f"parscale_n={config.parscale_n}: P must be at least 1 (1 = plain Qwen2); set parscale_n=1, 2, 4 or 8")
-    model_p = config.model.get("parscale_n", config.parscale_n)
-    if model_p != config.parscale_n:
-        raise ConfigError(
-            f"model.parscale_n={model_p} but parscale_n={config.parscale_n}: set P once, with parscale_n={model_p}"
-        )
-    if config.data.source not in DATA_SOURCES:
-        raise ConfigError(f"data.source={config.data.source!r} is unknown; use one of {', '.join(DATA_SOURCES)}")
-    if config.data.source == "hub" and not config.data.path:
-        raise ConfigError(f"data={config.data.name} has source hub but no path; set data.path to a hub name or json/text")
-    if config.data.source == "hub" and config.data.path in LOCAL_BUILDERS and not config.data.data_files:
-        raise ConfigError(f"data.path={config.data.path} reads local files: set data.data_files='[a.{config.data.path},...]'")
-    if config.data.source != "hub" and config.data.blob_store:
-        raise ConfigError(f"data.blob_store applies to hub data only; {config.data.source} reads its own files")
-    if config.data.source != "hub" and config.data.eval_split:
-        raise ConfigError(f"data.eval_split applies to hub data only; {config.data.source} holds out by hash (holdout_fraction)")
-    if config.data.eval_split is None and not 0 < config.data.holdout_fraction < 1:
-        raise ConfigError(f"data.holdout_fraction={config.data.holdout_fraction} must lie in (0, 1) when data.eval_split is null")
-    for key in ("seq_len", "global_batch_size", "micro_batch_size", "eval_sequences", "eval_interval",
-                "log_interval", "checkpoint_interval", "checkpoints_keep", "loss_chunk_tokens"):
-        if getattr(config, key) < 1:
-            raise ConfigError(f"{key}={getattr(config, key)} must be at least 1")
-    if config.seed < 0:
-        raise ConfigError(f"seed={config.seed} must be 0 or more (it seeds numpy's generator too)")
-    if config.global_batch_size % config.micro_batch_size:
-        raise ConfigError(
-            f"global_batch_size={config.global_batch_size} is not a multiple of micro_batch_size="
-            f"{config.micro_batch_size}; choose a micro batch that divides it"
-        )
-    if config.total_steps < 1:
-        raise ConfigError(
-            f"tokens={config.tokens} is less than one batch (global_batch_size * seq_len = {config.tokens_per_step}); "
-            f"raise tokens to at least {config.tokens_per_step}"
-        )
-    max_positions = config.model.get("max_position_embeddings")
-    if max_positions is not None and config.seq_len > max_positions:
-        raise ConfigError(
-            f"seq_len={config.seq_len} exceeds the model's max_position_embeddings={max_positions}; lower seq_len"
-        )
-    choices = {"optim.schedule": (config.optim.schedule, SCHEDULES), "precision": (config.precision, PRECISIONS),
-               "strategy": (config.strategy, STRATEGIES), "wandb.mode": (config.wandb.mode, WANDB_MODES),
-               "attn_implementation": (config.attn_implementation, ATTENTION)}
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is unknown; use one of {', '.join(allowed)}")
-    if not 0 <= config.optim.warmup_fraction < 1 or not 0 < config.optim.decay_fraction <= 1:
-        raise ConfigError("optim.warmup_fraction must lie in [0, 1) and optim.decay_fraction in (0, 1]")
-    if config.optim.parscale_lr_scale <= 0:
-        raise ConfigError(f"optim.parscale_lr_scale={config.optim.parscale_lr_scale} must be positive (1 = the backbone's rate)")
-    if config.checkpoint_interval_min < 0 or config.distributed_timeout_min <= 0:
-        raise ConfigError("checkpoint_interval_min must be >= 0 (0: off) and distributed_timeout_min > 0 (minutes)")
-    if not 0 <= config.loss_smoothing < 1:
-        raise ConfigError(f"loss_smoothing={config.loss_smoothing} must lie in [0, 1)")
+    _check_model(config)
+    _check_data(config.data)
+    _check_counts(config)
+    _check_batches(config)
+    _check_choices(config)
+    _check_optim(config.optim)
+    _check_run_settings(config)
     try:
         stages.check(config)
     except stages.StageError as error:

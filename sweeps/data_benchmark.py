@@ -50,7 +50,7 @@ def train_bpe(directory: Path, corpus: str) -> str:
     trainer = trainers.BpeTrainer(vocab_size=8000, special_tokens=["<eos>"], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     with open(corpus) as handle:
-        texts = [json.loads(line)["text"] for _, line in zip(range(300), handle)]
+        texts = [json.loads(line)["text"] for _, line in zip(range(300), handle, strict=False)]
     backend.train_from_iterator(texts, trainer=trainer)
     PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>").save_pretrained(directory / "bpe")
     return str(directory / "bpe")

@@ -103,7 +103,8 @@ class PreparedTokenizer:
         from .prepared import read_manifest
 
         recorded = read_manifest(directory)["tokenizer"]
-        self.name, self.vocab_size, self.eos_token_id = recorded["name"], recorded["vocab_size"], recorded["eos_token_id"]
+        self.name, self.vocab_size, self.eos_token_id = (recorded["name"], recorded["vocab_size"],
+                                                         recorded["eos_token_id"])
         self.recorded_hash = recorded["vocab_hash"]
 
     def vocab_hash(self) -> str:

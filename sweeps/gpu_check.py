@@ -68,7 +68,7 @@ def train_cell(size: str, parscale_n: int, hardware: Hardware, env, seq_len: int
     optimizer = build_optimizer(trained, config.optim, fused=env.device.type == "cuda")
     generator = torch.Generator().manual_seed(0)
     times = []
-    for step in range(STEPS):
+    for _ in range(STEPS):
         ids = torch.randint(0, 151_000 if not tiny else 256, (plan.micro_batch_size, seq_len), generator=generator)
         ids = ids.to(env.device)
         _synchronize(env)
@@ -87,7 +87,8 @@ def train_cell(size: str, parscale_n: int, hardware: Hardware, env, seq_len: int
         "micro_batch_size": plan.micro_batch_size, "activation_checkpointing": plan.activation_checkpointing,
         "strategy": plan.strategy, "compiled": compile_blocks, "predicted_peak_gb": predicted.peak / 1e9,
         "predicted_gib": predicted.gib(), "first_step_s": times[0], "step_s": step_s, "tokens_per_s": tokens / step_s,
-        "mfu": flops / step_s / hardware.peak_flops, "loss": float(loss.item()), "wall_s": time.perf_counter() - started,
+        "mfu": flops / step_s / hardware.peak_flops, "loss": float(loss.item()),
+        "wall_s": time.perf_counter() - started,
     }
     if env.device.type == "cuda":
         row["measured_peak_reserved_gb"] = torch.cuda.max_memory_reserved(env.device) / 1e9
@@ -158,8 +159,9 @@ def markdown(result: dict) -> str:
             numbers = row[mode]
             peak = numbers["peak_memory_bytes"]
             lines.append(
-                f"| {row['size']} | {row['P']} | {mode} | {numbers['latency_s']:.3f} | {numbers['tokens_per_s']:,.1f} | "
-                f"{'-' if peak is None else f'{peak / 1e9:.2f}'} | {row.get('modelled_latency_s', float('nan')):.3f} | "
+                f"| {row['size']} | {row['P']} | {mode} | {numbers['latency_s']:.3f} | "
+                f"{numbers['tokens_per_s']:,.1f} | {'-' if peak is None else f'{peak / 1e9:.2f}'} | "
+                f"{row.get('modelled_latency_s', float('nan')):.3f} | "
                 f"{row.get('modelled_memory_gb', float('nan')):.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -204,9 +206,9 @@ def main(argv: list[str] | None = None) -> int:
             qwen2["ratio_to_parscale_p1"] = row["step_s"] / qwen2["step_s"]
             training.append(qwen2)
     decoding = [] if args.no_decoding else decode_rows(env, args.tiny)
-    result = {"device": torch.cuda.get_device_name() if env.device.type == "cuda" else "cpu", "torch": torch.__version__,
-              "gpu": settings["gpu"], "training": training, "skipped": skipped, "decoding": decoding,
-              "wall_s": time.perf_counter() - started}
+    result = {"device": torch.cuda.get_device_name() if env.device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "gpu": settings["gpu"], "training": training, "skipped": skipped,
+              "decoding": decoding, "wall_s": time.perf_counter() - started}
     (args.out / "gpu_check.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "gpu_check.md").write_text(markdown(result))
     print(markdown(result))

@@ -18,8 +18,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import CONF_DIR, ConfigError, _one_line, check_group_choices
 from .cells import cell_config
+from .config import CONF_DIR, ConfigError, _one_line, check_group_choices
 from .run_cell import requeue_slurm_job, run_cell
 
 
@@ -33,7 +33,8 @@ def check_choices(arguments: list[str]) -> None:
         raise SystemExit(f"error: choose a grid: python -m sweeps.launch +grid={grids[0]} (grids: {', '.join(grids)})")
     for group, known in (("grid", grids), ("scale", scales)):
         if group in chosen and chosen[group] not in known:
-            raise SystemExit(f"error: unknown {group} {chosen[group]!r}: choose one of {', '.join(known)} (conf/{group}/*.yaml)")
+            raise SystemExit(f"error: unknown {group} {chosen[group]!r}: "
+                             f"choose one of {', '.join(known)} (conf/{group}/*.yaml)")
     try:
         # A list of stage-2 fractions (stage2_fraction=a,b) is the sweeper's to expand: the grid composes without
         # it. Other lists must be quoted scale settings (scale.sizes='a,b'), and composing says so.
@@ -53,7 +54,8 @@ def run_one_cell(cfg) -> None:
     """Hydra's task function: one cell, in a SLURM job (or wherever Hydra's launcher runs it); a crash requeues
     the job until the cell has failed sweep.max_failures times."""
     on_slurm = "SLURM_JOB_ID" in os.environ
-    run_cell(cell_config(cfg), max_failures=int(cfg.sweep.max_failures), requeue=requeue_slurm_job if on_slurm else None)
+    run_cell(cell_config(cfg), max_failures=int(cfg.sweep.max_failures),
+             requeue=requeue_slurm_job if on_slurm else None)
 
 
 def main() -> None:

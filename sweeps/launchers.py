@@ -27,9 +27,9 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
@@ -43,7 +43,6 @@ from . import stages, two_stage
 from .cells import MANIFEST, Cell, Manifest, cell_config, read_cell
 from .checkpoint import atomic_write_text
 from .config import ConfigError, TrainConfig, differences, from_mapping, identity, run_id
-
 
 JOBS_FILE = "jobs.json"
 CELL_CONFIGS = ".cells"
@@ -116,10 +115,12 @@ def _check_branches(planned: list[PlannedCell], todo: list[PlannedCell]) -> None
 
 def _check_against_existing(sweep_dir: Path, manifest: Manifest, planned: list[PlannedCell]) -> None:
     existing = Manifest.read(sweep_dir)
-    if existing is not None and (existing.grid, existing.scale, existing.dataset) != (manifest.grid, manifest.scale, manifest.dataset):
+    if existing is not None and ((existing.grid, existing.scale, existing.dataset)
+                                 != (manifest.grid, manifest.scale, manifest.dataset)):
         raise LaunchError(
             f"{sweep_dir} holds the sweep of grid={existing.grid} scale={existing.scale} ({existing.dataset}), not "
-            f"grid={manifest.grid} scale={manifest.scale} ({manifest.dataset}); set hydra.sweep.dir to another directory"
+            f"grid={manifest.grid} scale={manifest.scale} ({manifest.dataset}); "
+            "set hydra.sweep.dir to another directory"
         )
     for p in planned:
         saved = Path(p.config.run_dir) / "config.yaml"
@@ -158,19 +159,19 @@ class PlannedSlurmConf(SlurmQueueConf):
 
     _target_: str = "hydra_plugins.parscale_sweeps.SlurmGridLauncher"
     gpu: str = "H100-80GB"  # A100-40GB, A100-80GB, H100-80GB, H200-141GB, or any name analysis.gpus knows
-    gpu_mem_gb: Optional[float] = None  # overrides the GPU's memory (decimal GB)
-    gpus_per_node: Optional[int] = 8  # GPUs in one node of the partition; 0: CPU-only cells, nothing planned
+    gpu_mem_gb: float | None = None  # overrides the GPU's memory (decimal GB)
+    gpus_per_node: int | None = 8  # GPUs in one node of the partition; 0: CPU-only cells, nothing planned
     max_nodes: int = 8  # most nodes one cell may use
     mfu: float = 0.4  # assumed fraction of peak bf16 FLOP/s the training reaches
     target_hours: float = 72.0  # wall time a cell should finish in; cells get GPUs until they do
     startup_min: float = 10.0  # per attempt: queue start, model build, compile, checkpoint load
     checkpoint_write_gbps: float = 1.0  # per GPU, to the shared file system
     filesystem_gbps: float = 20.0  # all writers together
-    timeout_min: Optional[int] = None  # per attempt; null: the partition's limit (2880 if sinfo gives none)
-    nodes: Optional[int] = None
-    tasks_per_node: Optional[int] = None
-    signal_delay_s: Optional[int] = None
-    max_num_timeout: Optional[int] = None
+    timeout_min: int | None = None  # per attempt; null: the partition's limit (2880 if sinfo gives none)
+    nodes: int | None = None
+    tasks_per_node: int | None = None
+    signal_delay_s: int | None = None
+    max_num_timeout: int | None = None
 
 
 PLANNER_KEYS = ("gpu", "gpu_mem_gb", "max_nodes", "mfu", "target_hours", "startup_min", "checkpoint_write_gbps",
@@ -246,11 +247,11 @@ class SlurmGridLauncher(SlurmLauncher):
                 arguments = [(overrides, "hydra.sweep.dir", initial_job_idx + p.job_index, f"job_id_for_{p.job_index}",
                               state) for p, overrides in group.cells]
                 try:
-                    group_jobs = executor.map_array(self, *zip(*arguments))
+                    group_jobs = executor.map_array(self, *zip(*arguments, strict=True))
                 except submitit.core.utils.FailedJobError as error:
                     fail(LaunchError(f"sbatch refused the job array: {_first_line(error)}"))
                 jobs += group_jobs
-                submitted.update({p.cell.name: job.job_id for (p, _), job in zip(group.cells, group_jobs)})
+                submitted.update({p.cell.name: job.job_id for (p, _), job in zip(group.cells, group_jobs, strict=True)})
         return jobs, submitted
 
     def _print_plan(self, everything: list[PlannedCell], cell_plans, sweep_dir: Path, timeout_min: float) -> list:
@@ -277,11 +278,13 @@ class SlurmGridLauncher(SlurmLauncher):
         scratch_hours = sum(plan.gpu_hours for plan in self._plan_cells(
             [PlannedCell(Cell(f"{config.size}-P{config.parscale_n}", []), config, 0) for config in scratch.values()],
             timeout_min))
-        by_stage = {stage: sum(plan.gpu_hours for p, plan in zip(everything, cell_plans) if p.cell.stage == stage)
+        by_stage = {stage: sum(plan.gpu_hours for p, plan in zip(everything, cell_plans, strict=True)
+                               if p.cell.stage == stage)
                     for stage in (1, 2)}
         total = by_stage[1] + by_stage[2]
         return (f"\ntwo stages: {total:,.0f} GPU-hours (stage 1: {by_stage[1]:,.0f}, stage 2: {by_stage[2]:,.0f}); "
-                f"the same {len(scratch)} cells from scratch: {scratch_hours:,.0f} GPU-hours ({total / scratch_hours:.2f}x)")
+                f"the same {len(scratch)} cells from scratch: "
+                f"{scratch_hours:,.0f} GPU-hours ({total / scratch_hours:.2f}x)")
 
     def _plan_cells(self, cells: list[PlannedCell], timeout_min: float):
         """Each GPU cell's plan (sweeps/planner.py); none for CPU-only cells."""
@@ -293,7 +296,8 @@ class SlurmGridLauncher(SlurmLauncher):
                                            "gpus_per_node": self.params["gpus_per_node"]}, timeout_min)
         return [plan_cell(p.cell.name, p.config, hardware) for p in cells]
 
-    def _groups(self, cells: list[PlannedCell], plans: dict, timeout_min: float, submitted: dict) -> list[SubmissionGroup]:
+    def _groups(self, cells: list[PlannedCell], plans: dict, timeout_min: float,
+                submitted: dict) -> list[SubmissionGroup]:
         """The cells by what one job array shares: resources, and a stage 2's stage-1 job to wait for."""
         explicit = {key: self.params[key] for key in ("nodes", "tasks_per_node", "signal_delay_s", "max_num_timeout")
                     if self.params.get(key) is not None}
@@ -339,7 +343,8 @@ class SlurmGridLauncher(SlurmLauncher):
             )
         if self.params.get("max_num_timeout") is not None and int(self.params["max_num_timeout"]) < 1:
             raise LaunchError(
-                "hydra.launcher.max_num_timeout=0 would never requeue a timed-out or preempted cell; set it to 1 or more"
+                "hydra.launcher.max_num_timeout=0 would never requeue a timed-out or preempted cell; "
+                "set it to 1 or more"
             )
         for key in ("nodes", "tasks_per_node"):
             if self.params.get(key) is not None and int(self.params[key]) < 1:
@@ -349,19 +354,22 @@ class SlurmGridLauncher(SlurmLauncher):
         if sinfo.returncode:
             # Installed but not running (or unreachable): sbatch would fail later with its own multi-line noise.
             raise LaunchError(
-                f"SLURM does not answer here (sinfo: {(sinfo.stderr.strip().splitlines() or [f'exit {sinfo.returncode}'])[0]}): "
+                "SLURM does not answer here (sinfo: "
+                f"{(sinfo.stderr.strip().splitlines() or [f'exit {sinfo.returncode}'])[0]}): "
                 "start its controller, "
                 "or run the grid at tiny scale on this machine with scale=tiny"
             )
         gres = dict(line.split(" ", 1) for line in sinfo.stdout.split("\n") if " " in line)
         partition = self.params.get("partition")
         if partition and gres and partition not in gres:
-            raise LaunchError(f"hydra.launcher.partition={partition} is not a partition of this cluster; choose one of {', '.join(gres)}")
+            raise LaunchError(f"hydra.launcher.partition={partition} is not a partition of this cluster; "
+                              f"choose one of {', '.join(gres)}")
         offered = [gres[partition]] if partition in gres else list(gres.values())
         if self.params.get("gpus_per_node") and gres and not any("gpu" in value for value in offered):
             raise LaunchError(
-                f"hydra.launcher.gpus_per_node={self.params['gpus_per_node']} but {partition or 'no partition'} offers no GPUs "
-                "(sinfo GRES); choose a GPU partition with hydra.launcher.partition=NAME, or set hydra.launcher.gpus_per_node=0"
+                f"hydra.launcher.gpus_per_node={self.params['gpus_per_node']} but {partition or 'no partition'} "
+                "offers no GPUs (sinfo GRES); choose a GPU partition with hydra.launcher.partition=NAME, "
+                "or set hydra.launcher.gpus_per_node=0"
             )
 
 

@@ -13,9 +13,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
@@ -36,7 +36,8 @@ class LocalGridLauncher(Launcher):
 
     def __init__(self, parallel: int | None = None, progress_interval_s: float = 10.0) -> None:
         if parallel is not None and (not isinstance(parallel, int) or parallel < 1):
-            fail(LaunchError(f"hydra.launcher.parallel={parallel!r} must be a positive number of cells, or null for one per core"))
+            fail(LaunchError(f"hydra.launcher.parallel={parallel!r} must be a positive number of cells, "
+                             "or null for one per core"))
         self.parallel = parallel
         self.progress_interval_s = progress_interval_s
         self.config: DictConfig | None = None
@@ -57,7 +58,8 @@ class LocalGridLauncher(Launcher):
             return []
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         parallel = max(1, min(self.parallel or cores, len(todo) or 1))
-        print(f"sweep directory: {sweep_dir}; {len(everything) - len(todo)} cells done, {len(todo)} to run, {parallel} at a time")
+        print(f"sweep directory: {sweep_dir}; {len(everything) - len(todo)} cells done, {len(todo)} to run, "
+              f"{parallel} at a time")
         max_failures = int(self.config.sweep.get("max_failures", 1))
         workers = Workers(todo, sweep_dir, parallel, max(1, cores // parallel), max_failures)
         return workers.run(self.progress_interval_s)
@@ -111,7 +113,8 @@ KEEP_FREED_MEMORY = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_thre
 
 def cpu_cell_environment(threads: int) -> dict[str, str]:
     """The environment of a training process on the CPU: `threads` math threads and the allocator above."""
-    return {"GLIBC_TUNABLES": KEEP_FREED_MEMORY, **os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    return {"GLIBC_TUNABLES": KEEP_FREED_MEMORY, **os.environ, "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads)}
 
 
 class Workers:
@@ -150,7 +153,8 @@ class Workers:
             for worker in self.running.values():
                 worker.process.wait()
                 worker.log.close()
-            print(f"interrupted: {len(self.finished)} cells finished; the same command resumes the others", file=sys.stderr)
+            print(f"interrupted: {len(self.finished)} cells finished; the same command resumes the others",
+                  file=sys.stderr)
             raise SystemExit(130) from None
         failed = [name for name, code in self.finished.items() if code > 0]
         blocked = [name for name, code in self.finished.items() if code == BLOCKED]
@@ -183,7 +187,7 @@ class Workers:
         atomic_write_text(cell_file, OmegaConf.to_yaml(OmegaConf.structured(cell.config)))
         run_dir = Path(cell.config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        log = open(run_dir / "train.log", "a")
+        log = open(run_dir / "train.log", "a")  # noqa: SIM115  (the worker owns it; _collect closes it)
         process = subprocess.Popen([sys.executable, "-m", "sweeps.run_cell", str(cell_file), str(self.max_failures)],
                                    stdout=log, stderr=subprocess.STDOUT, env=self.env)
         self.running[cell.cell.name] = Worker(cell, process, log, time.time())
@@ -214,7 +218,8 @@ class Workers:
         if self.spent["cost"]:
             # Seconds per unit of the cells' relative cost so far, times what is left; a running cell counts as
             # half done.
-            left = sum(cost(p.config) for p in self.pending) + sum(cost(w.cell.config) for w in self.running.values()) / 2
+            left = (sum(cost(p.config) for p in self.pending)
+                    + sum(cost(w.cell.config) for w in self.running.values()) / 2)
             line += f", ETA ~{left * self.spent['seconds'] / self.spent['cost'] / self.parallel / 60:.1f} min"
         return line
 

@@ -79,7 +79,8 @@ def set_gradient_sync(trained: nn.Module, sync: bool) -> None:
 def copy_full(param: nn.Parameter, value: torch.Tensor) -> None:
     """Writes a full (unsharded) value, the same on every process, into a parameter, sharded or not."""
     if isinstance(param, DTensor):
-        param.to_local().copy_(distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None).to_local())
+        param.to_local().copy_(
+            distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None).to_local())
     else:
         param.copy_(value)
 

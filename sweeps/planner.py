@@ -51,7 +51,7 @@ class Hardware:
     filesystem_gbps: float
 
     @classmethod
-    def from_settings(cls, settings: dict, timeout_min: float) -> "Hardware":
+    def from_settings(cls, settings: dict, timeout_min: float) -> Hardware:
         from analysis.gpus import get_gpu
 
         spec = get_gpu(settings["gpu"])
@@ -59,9 +59,10 @@ class Hardware:
         return cls(
             gpu=settings["gpu"], gpu_memory_bytes=float(memory) * 1e9 if memory else spec.memory_bytes,
             peak_flops=spec.peak_bf16_flops, gpus_per_node=int(settings["gpus_per_node"]),
-            max_nodes=int(settings["max_nodes"]), mfu=float(settings["mfu"]), target_hours=float(settings["target_hours"]),
-            timeout_min=float(timeout_min), startup_min=float(settings["startup_min"]),
-            checkpoint_write_gbps=float(settings["checkpoint_write_gbps"]), filesystem_gbps=float(settings["filesystem_gbps"]),
+            max_nodes=int(settings["max_nodes"]), mfu=float(settings["mfu"]),
+            target_hours=float(settings["target_hours"]), timeout_min=float(timeout_min),
+            startup_min=float(settings["startup_min"]), checkpoint_write_gbps=float(settings["checkpoint_write_gbps"]),
+            filesystem_gbps=float(settings["filesystem_gbps"]),
         )
 
     def gpu_counts(self) -> list[int]:
@@ -134,7 +135,8 @@ def _measured_save_s(run_dir: Path) -> float:
 
 def plan_cell(name: str, config: TrainConfig, hardware: Hardware) -> CellPlan:
     shape = resources.shape_of(config.size, config.parscale_n)
-    preferred = "fsdp" if config.strategy == "fsdp" or (config.strategy == "auto" and shape.total_params >= config.fsdp_min_params) else "ddp"
+    preferred = ("fsdp" if config.strategy == "fsdp"
+                 or (config.strategy == "auto" and shape.total_params >= config.fsdp_min_params) else "ddp")
     strategies = [preferred] if preferred == "fsdp" else ["ddp", "fsdp"]
     best = None
     for gpus in hardware.gpu_counts():
@@ -154,23 +156,25 @@ def plan_cell(name: str, config: TrainConfig, hardware: Hardware) -> CellPlan:
                                     config.loss_chunk_tokens)
         need = resources.memory(config.size, shape, smallest).peak / 1e9
         raise PlanError(
-            f"cell {name} does not fit a {hardware.gpu} ({hardware.gpu_memory_bytes / 1e9:.0f} GB) even at micro-batch 1 "
-            f"with activation checkpointing on {most} GPUs (needs {need:.0f} GB): raise hydra.launcher.max_nodes, "
-            "choose a larger GPU with hydra.launcher.gpu=NAME, or lower seq_len"
+            f"cell {name} does not fit a {hardware.gpu} ({hardware.gpu_memory_bytes / 1e9:.0f} GB) "
+            f"even at micro-batch 1 with activation checkpointing on {most} GPUs (needs {need:.0f} GB): "
+            "raise hydra.launcher.max_nodes, choose a larger GPU with hydra.launcher.gpu=NAME, or lower seq_len"
         )
     return best
 
 
 def _timed(name: str, config: TrainConfig, shape, layout, hardware: Hardware) -> CellPlan:
     step = resources.step_time(shape, layout, hardware.peak_flops, hardware.mfu)
-    save_s = resources.checkpoint_seconds(shape, layout.processes, hardware.checkpoint_write_gbps, hardware.filesystem_gbps)
+    save_s = resources.checkpoint_seconds(shape, layout.processes, hardware.checkpoint_write_gbps,
+                                          hardware.filesystem_gbps)
     save_s = max(save_s, 1.5 * _measured_save_s(Path(config.run_dir)))
     signal_delay = int(math.ceil(step.seconds + save_s + SIGNAL_MARGIN_S))
     attempt_s = 60 * (hardware.timeout_min - hardware.startup_min) - signal_delay
     if attempt_s < max(3 * step.seconds, 600):
         raise PlanError(
-            f"cell {name}: a step ({step.seconds:.0f} s) and a checkpoint ({save_s:.0f} s) leave no time to train within "
-            f"timeout_min={hardware.timeout_min:g}; raise hydra.launcher.timeout_min or hydra.launcher.max_nodes"
+            f"cell {name}: a step ({step.seconds:.0f} s) and a checkpoint ({save_s:.0f} s) "
+            f"leave no time to train within timeout_min={hardware.timeout_min:g}; "
+            "raise hydra.launcher.timeout_min or hydra.launcher.max_nodes"
         )
     steps = stages.last_step(config) - stages.first_step(config)  # a two-stage cell trains its stage only
     checkpoints = steps / config.checkpoint_interval
@@ -184,11 +188,12 @@ def _timed(name: str, config: TrainConfig, shape, layout, hardware: Hardware) ->
         accumulation=layout.accumulation, activation_checkpointing=layout.activation_checkpointing,
         strategy=layout.strategy, gpus=layout.processes, nodes=layout.processes // gpus_per_node,
         gpus_per_node=gpus_per_node, gpu=hardware.gpu, predicted_peak_gb=round(peak.peak / 1e9, 2),
-        gpu_mem_gb=round(hardware.gpu_memory_bytes / 1e9, 1), memory_gb={k: round(v * resources.GIB / 1e9, 3) for k, v in peak.gib().items()},
-        assumed_mfu=round(step.mfu, 3), tokens_per_s=round(step.tokens_per_s), step_s=round(step.seconds, 2),
-        checkpoint_s=round(save_s, 1), total_steps=steps, wall_hours=round(wall_s / 3600, 1),
-        gpu_hours=round(wall_s / 3600 * layout.processes), attempts=attempts, timeout_min=hardware.timeout_min,
-        signal_delay_s=signal_delay, max_num_timeout=attempts - 1 + max(3, attempts // 2),
+        gpu_mem_gb=round(hardware.gpu_memory_bytes / 1e9, 1),
+        memory_gb={k: round(v * resources.GIB / 1e9, 3) for k, v in peak.gib().items()}, assumed_mfu=round(step.mfu, 3),
+        tokens_per_s=round(step.tokens_per_s), step_s=round(step.seconds, 2), checkpoint_s=round(save_s, 1),
+        total_steps=steps, wall_hours=round(wall_s / 3600, 1), gpu_hours=round(wall_s / 3600 * layout.processes),
+        attempts=attempts, timeout_min=hardware.timeout_min, signal_delay_s=signal_delay,
+        max_num_timeout=attempts - 1 + max(3, attempts // 2),
     )
 
 
@@ -206,8 +211,8 @@ def format_table(plans: list[CellPlan], markdown: bool = False) -> str:
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines) + f"\n\nTotal: {total:,.0f} GPU-hours on {plans[0].gpu} at the assumed MFU.\n"
     widths = [max(len(header), *(len(row[i]) for row in rows)) for i, header in enumerate(HEADERS)]
-    lines = ["  ".join(header.ljust(width) for header, width in zip(HEADERS, widths))]
-    lines += ["  ".join(value.ljust(width) for value, width in zip(row, widths)) for row in rows]
+    lines = ["  ".join(header.ljust(width) for header, width in zip(HEADERS, widths, strict=True))]
+    lines += ["  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(lines) + f"\ntotal: {total:,.0f} GPU-hours on {plans[0].gpu}"
 
 
@@ -228,5 +233,6 @@ def write_plan(plans: list[CellPlan], sweep_dir: Path, note: str = "") -> None:
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(sweep_dir / PLAN_JSON, json.dumps([asdict(plan) for plan in plans], indent=1) + "\n")
-    text = f"# Plan of {sweep_dir.name}\n\n" + format_table(plans, markdown=True) + (f"\n{note.strip()}\n" if note else "")
+    text = (f"# Plan of {sweep_dir.name}\n\n" + format_table(plans, markdown=True)
+            + (f"\n{note.strip()}\n" if note else ""))
     atomic_write_text(sweep_dir / PLAN_MD, text)

@@ -73,28 +73,15 @@ def prepare(data: DataConfig, out: str | Path, workers: int | None = None, segme
             manifest = read_manifest(out)
             if manifest["source"] != source_of(data):
                 prepared = manifest["source"]["path"] or manifest["source"]["source"]
-                raise ConfigError(f"out={out} holds a preparation of other data ({prepared}); use another out=DIR or delete it")
+                raise ConfigError(f"out={out} holds a preparation of other data ({prepared}); "
+                                  "use another out=DIR or delete it")
             return manifest
         return _prepare(data, out, workers or _cores(), segment_bytes, commit_interval_s, report_interval_s, report)
 
 
 def _prepare(data, out, workers, segment_bytes, commit_interval_s, report_interval_s, report) -> dict:
-    tokenizer = load_tokenizer(data)
-    identity = {"format": FORMAT, "source": source_of(data),
-                "tokenizer": {"name": data.tokenizer, "vocab_size": tokenizer.vocab_size,
-                              "eos_token_id": tokenizer.eos_token_id, "vocab_hash": tokenizer.vocab_hash()},
-                "dtype": token_dtype(tokenizer.vocab_size)}
-    saved = _read_progress(out)
-    if saved is not None and {key: saved[key] for key in identity} != identity:
-        raise ConfigError(f"out={out} holds an unfinished preparation of other data or another tokenizer; "
-                          "choose another out=DIR or delete it")
-    progress = Progress()
-    start_pass, reader_state, missing = 0, None, 0
-    if saved is not None:
-        progress.splits, start_pass, reader_state = saved["splits"], saved["pass"], saved["reader"]
-        missing = saved["missing_blobs"]
-        progress.tokens_at_start = progress.tokens
-        print(f"prepare {data.name}: resuming {out} at {progress.tokens:,} tokens", file=sys.stderr, flush=True)
+    identity = _identity(data, load_tokenizer(data))
+    progress, start_pass, reader_state, missing = _resume_point(data, out, identity)
     passes = [None] if data.source != "hub" or not data.eval_split else ["train", "validation"]
 
     writer = _Writer(out, identity["dtype"], progress.splits)
@@ -109,7 +96,8 @@ def _prepare(data, out, workers, segment_bytes, commit_interval_s, report_interv
                 documents.load_state_dict(reader_state)
                 reader_state = None
             pending = deque()  # (result, reader position after its segment, blobs missing by then)
-            for segment, state, missing_now in _segments(documents, passes[pass_index], data.holdout_fraction, segment_bytes):
+            for segment, state, missing_now in _segments(
+                    documents, passes[pass_index], data.holdout_fraction, segment_bytes):
                 progress.text_bytes += sum(len(text) for texts in segment.values() for text in texts)
                 result = pool.apply_async(_tokenize, (segment,)) if pool else _Done(_tokenize(segment))
                 pending.append((result, state, missing + missing_now))
@@ -132,8 +120,38 @@ def _prepare(data, out, workers, segment_bytes, commit_interval_s, report_interv
         if pool is not None:
             pool.terminate()
         writer.close()
+    return _write_manifest(data, out, identity, progress, missing, report)
+
+
+def _identity(data, tokenizer) -> dict:
+    """What a preparation is of: a resumed one must match it, and the manifest starts with it."""
+    return {"format": FORMAT, "source": source_of(data),
+            "tokenizer": {"name": data.tokenizer, "vocab_size": tokenizer.vocab_size,
+                          "eos_token_id": tokenizer.eos_token_id, "vocab_hash": tokenizer.vocab_hash()},
+            "dtype": token_dtype(tokenizer.vocab_size)}
+
+
+def _resume_point(data, out: Path, identity: dict) -> tuple[Progress, int, dict | None, int]:
+    """(progress so far, pass, reader position, blobs missing so far) of an interrupted preparation of the
+    same identity in `out`; the start of a new one when there is none."""
+    saved = _read_progress(out)
+    if saved is not None and {key: saved[key] for key in identity} != identity:
+        raise ConfigError(f"out={out} holds an unfinished preparation of other data or another tokenizer; "
+                          "choose another out=DIR or delete it")
+    progress = Progress()
+    if saved is None:
+        return progress, 0, None, 0
+    progress.splits = saved["splits"]
+    progress.tokens_at_start = progress.tokens
+    print(f"prepare {data.name}: resuming {out} at {progress.tokens:,} tokens", file=sys.stderr, flush=True)
+    return progress, saved["pass"], saved["reader"], saved["missing_blobs"]
+
+
+def _write_manifest(data, out: Path, identity: dict, progress: Progress, missing: int, report) -> dict:
+    """Finishes the preparation: the manifest replaces the progress file, and the last report line."""
     if progress.splits["train"]["documents"] == 0:
-        raise ConfigError(f"data={data.name} gave no training documents; check data.path, data.data_files and the split")
+        raise ConfigError(f"data={data.name} gave no training documents; "
+                          "check data.path, data.data_files and the split")
     manifest = {**identity, "revision": source_revision(data), "splits": progress.splits, "missing_blobs": missing,
                 "seconds": round(time.time() - progress.started, 1), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
@@ -214,7 +232,7 @@ class _Writer:
         for split in SPLITS:
             for suffix, itemsize, count in (("tokens", self.dtype.itemsize, "tokens"), ("ends", 8, "documents")):
                 path = out / f"{split}.{suffix}"
-                handle = open(path, "ab")
+                handle = open(path, "ab")  # noqa: SIM115  (kept in self.files until close())
                 handle.truncate(counts[split][count] * itemsize)
                 handle.seek(0, os.SEEK_END)
                 self.files[split, suffix] = handle
@@ -341,7 +359,8 @@ def parse_arguments(argv: list[str]) -> tuple[DataConfig, dict]:
             cfg = compose(config_name="config", overrides=overrides)
         missing = sorted(OmegaConf.missing_keys(cfg.data))
         if missing:
-            raise ConfigError(f"data.{missing[0]} is required (it is ??? in conf/data/); set it, e.g. data.{missing[0]}=...")
+            raise ConfigError(f"data.{missing[0]} is required (it is ??? in conf/data/); "
+                              f"set it, e.g. data.{missing[0]}=...")
         data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), cfg.data))
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_one_line(error)) from None

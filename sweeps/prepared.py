@@ -52,7 +52,8 @@ def read_manifest(directory: str | Path) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
-        hint = " (unfinished: run the prepare command again to resume it)" if (Path(directory) / "progress.json").exists() else ""
+        hint = (" (unfinished: run the prepare command again to resume it)"
+                if (Path(directory) / "progress.json").exists() else "")
         raise ConfigError(f"data.prepared={directory} holds no finished preparation{hint}; prepare it with "
                           "python -m sweeps.prepare data=NAME out=DIR") from None
     except (OSError, ValueError) as error:
@@ -109,9 +110,9 @@ def check_prepared(config) -> None:
                           f"than one batch of {config.global_batch_size}; lower global_batch_size or seq_len")
     need = config.eval_sequences * config.seq_len
     if manifest["splits"]["validation"]["tokens"] < need:
-        raise ConfigError(f"data.prepared={data.prepared} holds {manifest['splits']['validation']['tokens']} validation "
-                          f"tokens, fewer than eval_sequences * seq_len = {need}; lower eval_sequences or raise "
-                          "data.holdout_fraction and prepare again")
+        raise ConfigError(f"data.prepared={data.prepared} holds {manifest['splits']['validation']['tokens']} "
+                          f"validation tokens, fewer than eval_sequences * seq_len = {need}; "
+                          "lower eval_sequences or raise data.holdout_fraction and prepare again")
 
 
 class RowOrder:

@@ -28,13 +28,15 @@ def report(sweep_dir: Path, n_bootstrap: int = 1000, seed: int = 0) -> bool:
     sweep_dir = Path(sweep_dir)
     cells = sweep_cells(sweep_dir)
     counts = {state: sum(cell.state == state for cell in cells) for state in STATES}
-    print(f"\nsweep {sweep_dir}: " + ", ".join(f"{counts[state]} {state}" for state in STATES if counts[state] or state != "blocked"))
+    print(f"\nsweep {sweep_dir}: "
+          + ", ".join(f"{counts[state]} {state}" for state in STATES if counts[state] or state != "blocked"))
     for cell in cells:
         if cell.state in ("failed", "blocked"):
             print(f"  {cell.state}: {cell.name}: {cell.detail}")
     succeeded = counts["failed"] == 0 and counts["blocked"] == 0
     if counts["pending"] or counts["running"]:
-        print(f"  not finished: watch with `python -m sweeps.status {sweep_dir}`, then run `python -m sweeps.report {sweep_dir}`")
+        print(f"  not finished: watch with `python -m sweeps.status {sweep_dir}`, "
+              f"then run `python -m sweeps.report {sweep_dir}`")
         return succeeded
 
     table = collect_runs(sweep_dir)
@@ -142,8 +144,9 @@ def stream_ablations(sweep_dir: Path) -> pd.DataFrame:
         with torch.inference_mode():
             ablation = stream_ablation(model, eval_batch(config.data, load_tokenizer(config.data), config.seq_len,
                                                          config.eval_sequences), config.micro_batch_size)
-        rows.append({"size": result["size"], "seed": result["seed"], "stage2_fraction": result.get("stage2_fraction", 0.0),
-                     "P": ABLATION_P, "stream_gain": ablation.stream_gain, "aggregator_gain": ablation.aggregator_gain})
+        rows.append({"size": result["size"], "seed": result["seed"],
+                     "stage2_fraction": result.get("stage2_fraction", 0.0), "P": ABLATION_P,
+                     "stream_gain": ablation.stream_gain, "aggregator_gain": ablation.aggregator_gain})
     table = pd.DataFrame(rows, columns=["size", "seed", "stage2_fraction", "P", "stream_gain", "aggregator_gain"])
     if len(table):
         table.to_csv(Path(sweep_dir) / "stream_ablation.csv", index=False)
@@ -157,13 +160,14 @@ def _print_streams(table: pd.DataFrame, ablations: pd.DataFrame) -> None:
     apart = table[table["P"] > 1].groupby("P")[["stream_distance_start", "stream_distance", "weight_entropy"]].mean()
     print("  streams (mean over cells; distance = 1 - cosine of two streams' last hidden states, entropy 1 = uniform):")
     for P, row in apart.iterrows():
-        print(f"    P={int(P)}: distance {row.stream_distance_start:.2e} at the start, {row.stream_distance:.2e} at the end; "
-              f"aggregator entropy {row.weight_entropy:.3f}")
+        print(f"    P={int(P)}: distance {row.stream_distance_start:.2e} at the start, "
+              f"{row.stream_distance:.2e} at the end; aggregator entropy {row.weight_entropy:.3f}")
     if len(ablations):
         gains = ablations.groupby("size", sort=False)[["stream_gain", "aggregator_gain"]].mean()
         print(f"  what P = {ABLATION_P}'s streams are worth at the end (loss of the best single stream / of uniform "
               "weights, minus the model's; stream_ablation.csv):")
-        print("    " + "  ".join(f"{size}: {row.stream_gain:+.4f} / {row.aggregator_gain:+.4f}" for size, row in gains.iterrows()))
+        print("    " + "  ".join(f"{size}: {row.stream_gain:+.4f} / {row.aggregator_gain:+.4f}"
+                                  for size, row in gains.iterrows()))
 
 
 def _parameter_overhead(table: pd.DataFrame) -> str:
@@ -209,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=1000)
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
-        print(f"error: {args.sweep_dir} is not a directory; pass the sweep directory the launcher printed", file=sys.stderr)
+        print(f"error: {args.sweep_dir} is not a directory; pass the sweep directory the launcher printed",
+              file=sys.stderr)
         return 2
     return 0 if report(args.sweep_dir, args.bootstrap) else 1
 

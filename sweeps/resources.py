@@ -64,7 +64,7 @@ class Shape:
     aggregator_matrix_params: int
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shape_of(size: str, parscale_n: int, overrides: tuple = ()) -> Shape:
     """A model size's shape and parameter counts, counted on the meta device (nothing allocated)."""
     import torch
@@ -126,11 +126,12 @@ def outside_bytes_per_token(size: str, shape: Shape) -> float:
     saved inputs): measured at the paper's sizes, else from the width fit."""
     entry = calibration()["outside_bytes_per_token"].get(size)
     if entry is None:
-        entry = {key: _width_fit(key)(shape.hidden_size, shape.intermediate_size) for key in ("P1", "base", "per_stream")}
+        entry = {key: _width_fit(key)(shape.hidden_size, shape.intermediate_size)
+                 for key in ("P1", "base", "per_stream")}
     return entry["P1"] if shape.parscale_n == 1 else entry["base"] + entry["per_stream"] * shape.parscale_n
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _width_fit(quantity: str):
     import numpy as np
 
@@ -190,7 +191,8 @@ def memory(size: str, shape: Shape, layout: Layout) -> Memory:
         activations = shape.num_layers * per_layer + outside
     cal = calibration()
     head = shape.vocab_size * shape.hidden_size
-    loss = cal["loss_bytes_per_head_param"] * head + cal["loss_bytes_per_logit"] * min(layout.loss_chunk_tokens, tokens) * shape.vocab_size
+    loss = (cal["loss_bytes_per_head_param"] * head
+            + cal["loss_bytes_per_logit"] * min(layout.loss_chunk_tokens, tokens) * shape.vocab_size)
     root_gradient = 0 if layout.strategy == "single" else compute_bytes * shape.root_params
     transient = max(loss, root_gradient + cal["block_backward_fraction"] * per_layer)
     margin = FRAGMENTATION * (gathered + activations + transient) + WORKSPACE_BYTES

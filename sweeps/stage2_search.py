@@ -103,7 +103,7 @@ def recover_steps(metrics: list[dict], control: list[dict], smoothing: float = 0
     """Stage-2 steps until the cell's training loss (an EMA over stage 2) is at or below the P = 1 control's
     on the same rows; None if it never gets there."""
     ours = theirs = None
-    for step, (row, other) in enumerate(zip(metrics, control), start=1):
+    for step, (row, other) in enumerate(zip(metrics, control, strict=False), start=1):
         ours = row["loss"] if ours is None else smoothing * ours + (1 - smoothing) * row["loss"]
         theirs = other["loss"] if theirs is None else smoothing * theirs + (1 - smoothing) * other["loss"]
         if ours <= theirs:

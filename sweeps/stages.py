@@ -101,31 +101,56 @@ def check(config) -> None:
     if stage not in STAGES:
         raise StageError(f"stage={stage} is unknown: 0 trains in one stage, 1 is the P = 1 backbone, 2 adds streams")
     if not 0 <= fraction < 1:
-        raise StageError(f"stage2_fraction={fraction} must lie in [0, 1): the last fraction of `tokens` that is stage 2")
+        raise StageError(f"stage2_fraction={fraction} must lie in [0, 1): "
+                         "the last fraction of `tokens` that is stage 2")
     _check_stage2_settings(config.stage2)
     if stage == 0:
-        if fraction or config.branch_fractions:
-            raise StageError(
-                f"stage2_fraction={fraction:g} trains in two stages: a grid (python -m sweeps.launch) makes them itself; "
-                "for one run set stage=1 (the P = 1 backbone), then stage=2 init_from=<its run dir>"
-            )
-        if config.freeze_backbone and not config.init_from:
-            raise StageError("freeze_backbone=true needs init_from=<a P = 1 run dir or Qwen2 checkpoint> (stage 2 only)")
-        if config.init_from and config.parscale_n == 1:
-            raise StageError("init_from is two-stage training, which adds streams: set parscale_n > 1")
+        _check_one_stage(config)
         return
-    if not fraction:
-        raise StageError(f"stage={stage} needs stage2_fraction in (0, 1), the last fraction of `tokens` that is stage 2")
-    if stage2_steps(config.total_steps, max([fraction, *config.branch_fractions])) >= config.total_steps:
-        raise StageError(f"stage2_fraction={fraction:g} of {config.total_steps} steps leaves stage 1 no step; lower it or raise tokens")
+    _check_stage_split(config)
     if stage == 1:
-        if config.parscale_n != 1 or config.init_from or config.freeze_backbone:
-            raise StageError("stage=1 trains the P = 1 backbone: set parscale_n=1, no init_from and no freeze_backbone")
-        if any(not fraction < f < 1 for f in config.branch_fractions):
-            raise StageError(f"branch_fractions={list(config.branch_fractions)} must each lie in (stage2_fraction={fraction:g}, 1)")
-    elif not config.init_from:
+        _check_stage1(config)
+    else:
+        _check_stage2(config)
+
+
+def _check_one_stage(config) -> None:
+    fraction = config.stage2_fraction
+    if fraction or config.branch_fractions:
+        raise StageError(
+            f"stage2_fraction={fraction:g} trains in two stages: a grid (python -m sweeps.launch) makes them itself; "
+            "for one run set stage=1 (the P = 1 backbone), then stage=2 init_from=<its run dir>"
+        )
+    if config.freeze_backbone and not config.init_from:
+        raise StageError("freeze_backbone=true needs init_from=<a P = 1 run dir or Qwen2 checkpoint> (stage 2 only)")
+    if config.init_from and config.parscale_n == 1:
+        raise StageError("init_from is two-stage training, which adds streams: set parscale_n > 1")
+
+
+def _check_stage_split(config) -> None:
+    """Stage 1 or 2: the fraction must leave both stages at least one step."""
+    fraction = config.stage2_fraction
+    if not fraction:
+        raise StageError(f"stage={config.stage} needs stage2_fraction in (0, 1), "
+                         "the last fraction of `tokens` that is stage 2")
+    if stage2_steps(config.total_steps, max([fraction, *config.branch_fractions])) >= config.total_steps:
+        raise StageError(f"stage2_fraction={fraction:g} of {config.total_steps} steps leaves stage 1 no step; "
+                         "lower it or raise tokens")
+
+
+def _check_stage1(config) -> None:
+    if config.parscale_n != 1 or config.init_from or config.freeze_backbone:
+        raise StageError("stage=1 trains the P = 1 backbone: set parscale_n=1, no init_from and no freeze_backbone")
+    fraction = config.stage2_fraction
+    if any(not fraction < f < 1 for f in config.branch_fractions):
+        raise StageError(f"branch_fractions={list(config.branch_fractions)} must each lie in "
+                         f"(stage2_fraction={fraction:g}, 1)")
+
+
+def _check_stage2(config) -> None:
+    if not config.init_from:
         raise StageError("stage=2 starts from a stage-1 run: set init_from=<its run dir> (trained with stage=1)")
-    elif config.branch_fractions:
+    if config.branch_fractions:
         raise StageError("branch_fractions is a stage-1 setting; a stage-2 run has only its stage2_fraction")
 
 
@@ -150,13 +175,14 @@ def check_stage1_run(config) -> None:
     stage1 = OmegaConf.load(saved)
     if stage1.get("stage") != 1 or stage1.get("tokens") != config.tokens:
         raise StageError(
-            f"init_from={config.init_from} is not a stage-1 run of tokens={config.tokens} (stage={stage1.get('stage')}, "
-            f"tokens={stage1.get('tokens')}); train it with stage=1 and the same tokens"
+            f"init_from={config.init_from} is not a stage-1 run of tokens={config.tokens} "
+            f"(stage={stage1.get('stage')}, tokens={stage1.get('tokens')}); train it with stage=1 and the same tokens"
         )
     if not branch_ready(config):
         raise StageError(
-            f"{config.init_from} has no checkpoint at step {first_step(config)} (stage2_fraction={config.stage2_fraction:g}): "
-            "wait for it to get there, or train it with this fraction in branch_fractions"
+            f"{config.init_from} has no checkpoint at step {first_step(config)} "
+            f"(stage2_fraction={config.stage2_fraction:g}): wait for it to get there, "
+            "or train it with this fraction in branch_fractions"
         )
 
 

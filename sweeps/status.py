@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", type=Path)
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
-        print(f"error: {args.sweep_dir} is not a directory; pass the sweep directory the launcher printed", file=sys.stderr)
+        print(f"error: {args.sweep_dir} is not a directory; pass the sweep directory the launcher printed",
+              file=sys.stderr)
         return 2
     print(format_cells(sweep_cells(args.sweep_dir)))
     return 0

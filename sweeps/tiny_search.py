@@ -115,7 +115,9 @@ def run_cell(trial: str, size: str, parscale_n: int, seed: int, workdir: Path) -
                                                      config.eval_sequences))
         gains = {"stream_gain": round(ablation.stream_gain, 5), "aggregator_gain": round(ablation.aggregator_gain, 5)}
     return {
-        "trial": trial, "overrides": " ".join(settings) + (f" ({PART_NAMES[CONTROLS[trial][1]]} zeroed and frozen)" if trial in CONTROLS else ""),
+        "trial": trial,
+        "overrides": " ".join(settings)
+        + (f" ({PART_NAMES[CONTROLS[trial][1]]} zeroed and frozen)" if trial in CONTROLS else ""),
         "size": size, "P": parscale_n, "seed": seed,
         "steps": config.total_steps, "tokens": config.total_steps * config.tokens_per_step,
         "params": result["params"], "tokens_per_param": round(config.total_steps * config.tokens_per_step

@@ -50,8 +50,26 @@ from models.stream_diversity import recording_stream_diversity
 
 from . import distributed, parallelize, stages
 from .build import build_optimizer, build_trained, model_config, resolve_strategy
-from .checkpoint import Checkpointer, PreemptionGuard, atomic_write_text, latest_checkpoint, read_meta, replace_directory
-from .config import CONF_DIR, ConfigError, OptimConfig, TrainConfig, check, check_group_choices, differences, from_mapping, identity, run_id
+from .checkpoint import (
+    Checkpointer,
+    PreemptionGuard,
+    atomic_write_text,
+    latest_checkpoint,
+    read_meta,
+    replace_directory,
+)
+from .config import (
+    CONF_DIR,
+    ConfigError,
+    OptimConfig,
+    TrainConfig,
+    check,
+    check_group_choices,
+    differences,
+    from_mapping,
+    identity,
+    run_id,
+)
 from .data import eval_batch, load_tokenizer, training_batches
 from .tracking import MetricsLog, WandbLogger, git_revision, progress_line
 
@@ -71,20 +89,10 @@ def train(config: TrainConfig) -> dict:
 
 def _train(config: TrainConfig, env: distributed.Environment) -> dict:
     run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _claim(run_dir, config, env)
-    if (run_dir / "result.json").exists():
-        return json.loads((run_dir / "result.json").read_text())
-    if (run_dir / "checkpoint.pt").exists():
-        raise ConfigError(f"{run_dir} holds a checkpoint.pt of an older version of this toolkit; start the run in a new run dir")
-
-    num_shards = config.global_batch_size // config.micro_batch_size
-    if num_shards % env.world_size or config.eval_sequences % env.world_size:
-        raise ConfigError(
-            f"{num_shards} micro-batches per step and eval_sequences={config.eval_sequences} must both split evenly "
-            f"over {env.world_size} processes; change micro_batch_size, eval_sequences or the process count"
-        )
-    accumulation = num_shards // env.world_size
+    finished = _open_run_dir(run_dir, config, env)
+    if finished is not None:
+        return finished
+    accumulation = _accumulation(config, env)
 
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.data)
@@ -102,7 +110,8 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
 
     end_step, the_run_id = stages.last_step(config), run_id(config)
     checkpointer = Checkpointer(run_dir, env, keep=config.checkpoints_keep, async_save=config.async_checkpoint)
-    branches = Checkpointer(run_dir, env, keep=None, async_save=False, folder=stages.BRANCHES) if config.stage == 1 else None
+    branches = (Checkpointer(run_dir, env, keep=None, async_save=False, folder=stages.BRANCHES)
+                if config.stage == 1 else None)
     step, ema, elapsed_before = _resume_or_start(config, trained, optimizer, checkpointer, batches, env, the_run_id)
     start = _evaluate_start(run_dir, trained, eval_rows, config, env, fresh=latest_checkpoint(run_dir) is None)
 
@@ -112,15 +121,7 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
         run_config = {**asdict(config), "run_id": the_run_id, "git_revision": git_revision(), "strategy": layout,
                       "params": counts.non_embedding, "total_params": counts.total, "world_size": env.world_size}
         wandb = WandbLogger(config.wandb, run_dir, the_run_id, run_config)
-        stage = f", stage {config.stage} (steps {stages.first_step(config)}-{end_step})" if config.stage else ""
-        print(
-            f"{'resuming at step ' + str(step) if step > stages.first_step(config) else 'starting'}: {config.size} "
-            f"P={config.parscale_n} N={counts.non_embedding:,} on {config.data.name}, {config.total_steps} steps of "
-            f"{config.tokens_per_step:,} tokens{stage}, {env.world_size} process(es) ({layout}) x {accumulation} "
-            f"micro-batch(es) of {config.micro_batch_size}, {config.precision}{', compiled' if compile_blocks else ''}"
-            f"{', activation checkpointing' if config.activation_checkpointing else ''}, run dir {run_dir}",
-            flush=True,
-        )
+        print(_start_banner(config, env, step, counts, layout, accumulation, compile_blocks), flush=True)
 
     attempt_start, attempt_first_step = time.perf_counter(), step
     last_save = time.perf_counter()
@@ -132,48 +133,27 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
                                _stage2_warmup(config))
             loss_value, grad_norm = train_step(trained, optimizer, batches, step, shards, lr, config, strategy, env)
             step += 1
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(
-                    f"the training loss is {loss_value} at step {step}; lower optim.lr (now {config.peak_lr:g}) or "
-                    "use precision=fp32, then start again in a new run dir"
-                )
+            _check_finite(loss_value, step, config)
             ema = config.loss_smoothing * ema + (1 - config.loss_smoothing) * loss_value
-            step_s = time.perf_counter() - step_start
-            row = {
-                "step": step,
-                "tokens": step * config.tokens_per_step,
-                "loss": loss_value,
-                "smoothed_loss": ema / (1 - config.loss_smoothing**step),  # bias-corrected EMA
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "tokens_per_s": config.tokens_per_step / step_s,
-                "memory_gb": distributed.peak_memory_gb(env),
-            }
+            row = _step_row(config, env, step, loss_value, ema, lr, grad_norm, time.perf_counter() - step_start)
             if step % config.eval_interval == 0 or step == end_step:
                 row.update(evaluate(trained, eval_rows, config.micro_batch_size, env))
             checkpointer.poll()
-            minutes_due = config.checkpoint_interval_min and time.perf_counter() - last_save >= 60 * config.checkpoint_interval_min
-            signum, due = distributed.all_max([guard.signum, int(bool(minutes_due))], env)
+            signum, timer_due = _signal_and_timer(config, env, guard, last_save)
             meta = {"ema": ema, "elapsed_s": elapsed_before + time.perf_counter() - attempt_start, "run_id": the_run_id,
                     "world_size": env.world_size, "micro_batch_size": config.micro_batch_size}
             if branches is not None and step in stages.branch_steps(config):
                 # Before the periodic save: a resumed run never starts past a branch it has not kept.
                 branches.save(step, _training_state(trained, optimizer), _rank_state(batches, env), meta, blocking=True)
-            if step < end_step and (signum or due or step % config.checkpoint_interval == 0):
+            if _checkpoint_due(config, step, end_step, signum, timer_due):
                 row["checkpoint_s"] = checkpointer.save(step, _training_state(trained, optimizer),
                                                         _rank_state(batches, env), meta, blocking=bool(signum))
                 last_save = time.perf_counter()
             row["elapsed_s"] = elapsed_before + time.perf_counter() - attempt_start
             if env.is_main:
-                metrics.append(row)
-                wandb.log(row, step)
-                if step % config.log_interval == 0 or "eval_loss" in row or step == end_step:
-                    per_step = (time.perf_counter() - attempt_start) / (step - attempt_first_step)
-                    print(progress_line(row, end_step, per_step * (end_step - step)), flush=True)
+                _log_step(row, metrics, wandb, config, end_step, attempt_start, attempt_first_step)
             if signum and step < end_step:
-                if env.is_main:
-                    print(f"signal {signum}: saved the checkpoint at step {step}; stopping for a restart", flush=True)
-                guard.stop(signum)
+                _stop_for_restart(guard, signum, step, env)
 
     result = _result_row(config, counts, the_run_id, step, row, start)
     checkpointer.wait()
@@ -181,9 +161,100 @@ def _train(config: TrainConfig, env: distributed.Environment) -> dict:
     checkpointer.remove_all()
     if env.is_main:
         wandb.finish(result)
-        print(f"done: loss {result['loss']:.4f} (smoothed), eval loss {result['eval_loss']:.4f}; {run_dir / 'result.json'}",
-              flush=True)
+        print(f"done: loss {result['loss']:.4f} (smoothed), eval loss {result['eval_loss']:.4f}; "
+              f"{run_dir / 'result.json'}", flush=True)
     return result
+
+
+def _open_run_dir(run_dir: Path, config: TrainConfig, env) -> dict | None:
+    """Claims the run dir; returns the row of a run that already finished there."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _claim(run_dir, config, env)
+    if (run_dir / "result.json").exists():
+        return json.loads((run_dir / "result.json").read_text())
+    if (run_dir / "checkpoint.pt").exists():
+        raise ConfigError(f"{run_dir} holds a checkpoint.pt of an older version of this toolkit; "
+                          "start the run in a new run dir")
+    return None
+
+
+def _accumulation(config: TrainConfig, env) -> int:
+    """Micro-batches per step on each process."""
+    num_shards = config.global_batch_size // config.micro_batch_size
+    if num_shards % env.world_size or config.eval_sequences % env.world_size:
+        raise ConfigError(
+            f"{num_shards} micro-batches per step and eval_sequences={config.eval_sequences} must both split evenly "
+            f"over {env.world_size} processes; change micro_batch_size, eval_sequences or the process count"
+        )
+    return num_shards // env.world_size
+
+
+def _start_banner(config: TrainConfig, env, step: int, counts, layout: str, accumulation: int,
+                  compile_blocks: bool) -> str:
+    first = stages.first_step(config)
+    stage = f", stage {config.stage} (steps {first}-{stages.last_step(config)})" if config.stage else ""
+    return (
+        f"{'resuming at step ' + str(step) if step > first else 'starting'}: {config.size} "
+        f"P={config.parscale_n} N={counts.non_embedding:,} on {config.data.name}, {config.total_steps} steps of "
+        f"{config.tokens_per_step:,} tokens{stage}, {env.world_size} process(es) ({layout}) x {accumulation} "
+        f"micro-batch(es) of {config.micro_batch_size}, {config.precision}{', compiled' if compile_blocks else ''}"
+        f"{', activation checkpointing' if config.activation_checkpointing else ''}, run dir {Path(config.run_dir)}"
+    )
+
+
+def _check_finite(loss_value: float, step: int, config: TrainConfig) -> None:
+    if not math.isfinite(loss_value):
+        raise FloatingPointError(
+            f"the training loss is {loss_value} at step {step}; lower optim.lr (now {config.peak_lr:g}) or "
+            "use precision=fp32, then start again in a new run dir"
+        )
+
+
+def _step_row(config: TrainConfig, env, step: int, loss_value: float, ema: float, lr: float, grad_norm: float,
+              step_s: float) -> dict:
+    """The step's row of metrics.jsonl (evaluation, checkpoint and elapsed times are added to it)."""
+    return {
+        "step": step,
+        "tokens": step * config.tokens_per_step,
+        "loss": loss_value,
+        "smoothed_loss": ema / (1 - config.loss_smoothing**step),  # bias-corrected EMA
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "tokens_per_s": config.tokens_per_step / step_s,
+        "memory_gb": distributed.peak_memory_gb(env),
+    }
+
+
+def _signal_and_timer(config: TrainConfig, env, guard: PreemptionGuard, last_save: float) -> list[int]:
+    """What all processes agree on before saving: the signal any of them caught, and whether
+    checkpoint_interval_min has passed on any of them."""
+    minutes_due = (config.checkpoint_interval_min
+                   and time.perf_counter() - last_save >= 60 * config.checkpoint_interval_min)
+    return distributed.all_max([guard.signum, int(bool(minutes_due))], env)
+
+
+def _checkpoint_due(config: TrainConfig, step: int, end_step: int, signum: int, timer_due: int) -> bool:
+    """A checkpoint on a signal, when the minutes are up or every checkpoint_interval steps; none at the last
+    step, whose weights the finished run writes."""
+    return step < end_step and bool(signum or timer_due or step % config.checkpoint_interval == 0)
+
+
+def _log_step(row: dict, metrics: MetricsLog, wandb: WandbLogger, config: TrainConfig, end_step: int,
+              attempt_start: float, attempt_first_step: int) -> None:
+    """Main process: the row to metrics.jsonl and wandb, and a progress line (with the time left at this
+    attempt's pace) at log, eval and last steps."""
+    step = row["step"]
+    metrics.append(row)
+    wandb.log(row, step)
+    if step % config.log_interval == 0 or "eval_loss" in row or step == end_step:
+        per_step = (time.perf_counter() - attempt_start) / (step - attempt_first_step)
+        print(progress_line(row, end_step, per_step * (end_step - step)), flush=True)
+
+
+def _stop_for_restart(guard: PreemptionGuard, signum: int, step: int, env) -> None:
+    if env.is_main:
+        print(f"signal {signum}: saved the checkpoint at step {step}; stopping for a restart", flush=True)
+    guard.stop(signum)
 
 
 def _resume_or_start(config, trained, optimizer, checkpointer, batches, env, the_run_id) -> tuple[int, float, float]:
@@ -379,7 +450,8 @@ def evaluate(trained, rows: torch.Tensor, micro_batch_size: int, env) -> dict:
         return {"eval_loss": distributed.all_sum([total], env)[0] / rows.shape[0]}
     total, distance, entropy, tokens = distributed.all_sum(
         [total, diversity.distance_sum, diversity.entropy_sum, diversity.tokens], env)
-    return {"eval_loss": total / rows.shape[0], "stream_distance": distance / tokens, "weight_entropy": entropy / tokens}
+    return {"eval_loss": total / rows.shape[0], "stream_distance": distance / tokens,
+            "weight_entropy": entropy / tokens}
 
 
 def _claim(run_dir: Path, config: TrainConfig, env) -> None:

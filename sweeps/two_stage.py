@@ -10,9 +10,9 @@ it once the stage-1 checkpoint exists. A stage-1 cell that fails leaves its stag
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 # Settings a stage 1 does not have: its own stage, P and the stage-2 start. A stage-1 cell is made from its
 # stage-2 cells' overrides without them, so that cells differing only here share it.

@@ -95,35 +95,48 @@ def _set(target: dict, path: list[str], value) -> None:
     target[path[-1]] = value
 
 
+def _update(target: dict, items) -> None:
+    """Sets each item's (possibly nested) key in ``target`` to its JSON value."""
+    for item in items:
+        _set(target, _path_of(item), json.loads(item.value_json))
+
+
+def _remove(target: dict, items) -> None:
+    for item in items:
+        path = _path_of(item)
+        parent = target
+        for key in path[:-1]:
+            parent = parent.get(key, {})
+        parent.pop(path[-1], None)
+
+
+def _read_run_record(attempt: Attempt, run) -> None:
+    attempt.run_id, attempt.project = run.run_id, run.project
+    attempt.group, attempt.name = run.run_group or None, run.display_name or None
+    attempt.start_time = run.start_time.seconds + run.start_time.nanos / 1e9
+    _update(attempt.config, run.config.update)
+
+
+def _read_history_record(attempt: Attempt, history) -> None:
+    row = {}
+    _update(row, history.item)
+    if "_step" in row:
+        attempt.history[int(row["_step"])] = row
+
+
 def read_attempt(path: Path) -> Attempt:
     attempt = Attempt(Path(path))
     for record in records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
-            run = record.run
-            attempt.run_id, attempt.project = run.run_id, run.project
-            attempt.group, attempt.name = run.run_group or None, run.display_name or None
-            attempt.start_time = run.start_time.seconds + run.start_time.nanos / 1e9
-            for item in run.config.update:
-                _set(attempt.config, _path_of(item), json.loads(item.value_json))
+            _read_run_record(attempt, record.run)
         elif kind == "config":
-            for item in record.config.update:
-                _set(attempt.config, _path_of(item), json.loads(item.value_json))
+            _update(attempt.config, record.config.update)
         elif kind == "history":
-            row = {}
-            for item in record.history.item:
-                _set(row, _path_of(item), json.loads(item.value_json))
-            if "_step" in row:
-                attempt.history[int(row["_step"])] = row
+            _read_history_record(attempt, record.history)
         elif kind == "summary":
-            for item in record.summary.update:
-                _set(attempt.summary, _path_of(item), json.loads(item.value_json))
-            for item in record.summary.remove:
-                path_ = _path_of(item)
-                parent = attempt.summary
-                for key in path_[:-1]:
-                    parent = parent.get(key, {})
-                parent.pop(path_[-1], None)
+            _update(attempt.summary, record.summary.update)
+            _remove(attempt.summary, record.summary.remove)
         elif kind == "exit":
             attempt.exit_code = record.exit.exit_code
     return attempt
@@ -146,7 +159,8 @@ def read_runs(directory: str | Path, pattern: str = "*run-*/run-*.wandb") -> lis
             for step, row in attempt.history.items():
                 history.setdefault(step, row)
         last = group[-1]
-        runs.append(Run(run_id, last.project, last.group, last.name, config, summary, dict(sorted(history.items())), group))
+        runs.append(Run(run_id, last.project, last.group, last.name, config, summary,
+                        dict(sorted(history.items())), group))
     return runs
 
 

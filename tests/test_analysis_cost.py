@@ -8,7 +8,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.cost import ModelShape, averaged_cost, compare_scaling, inference_cost, main, shape_for_params, training_flops
+from analysis.cost import (
+    ModelShape,
+    averaged_cost,
+    compare_scaling,
+    inference_cost,
+    main,
+    shape_for_params,
+    training_flops,
+)
 from analysis.gpus import ALIASES, GPUS, get_gpu, gpu_names
 from models import count_parameters, parscale_config
 from models.sizes import PAPER_SIZES
@@ -55,8 +63,10 @@ def llm_analysis():
 def test_llm_analysis_record_is_of_this_package_s_sizes(llm_analysis):
     # The record was made for the shapes models/ defines; a changed size would make it stale.
     for row in llm_analysis.drop_duplicates("size").itertuples():
-        assert (PAPER_SIZES[row.size].hidden_size, PAPER_SIZES[row.size].intermediate_size) == (row.hidden_size, row.intermediate_size)
-    assert set(llm_analysis["size"]) == set(PAPER_SIZES) and set(llm_analysis["P"]) == {1, 8} and set(llm_analysis["batch"]) == {1, 8}
+        assert ((PAPER_SIZES[row.size].hidden_size, PAPER_SIZES[row.size].intermediate_size)
+                == (row.hidden_size, row.intermediate_size))
+    assert (set(llm_analysis["size"]) == set(PAPER_SIZES) and set(llm_analysis["P"]) == {1, 8}
+            and set(llm_analysis["batch"]) == {1, 8})
 
 
 def test_agrees_with_llm_analysis_within_3_percent_at_the_papers_setting(llm_analysis):
@@ -134,14 +144,16 @@ def test_shapes_for_any_parameter_count_widen_the_paper_family():
             assert shape_for_params(shape.non_embedding_params(P), P) == shape
     wide = shape_for_params(7e9, 1)
     assert wide.non_embedding_params(1) >= 7e9 > shape_for_params(7e9 * 0.97, 1).non_embedding_params(1) * 0.97
-    assert wide.num_layers == 36 and wide.hidden_size % 16 == 0 and 5.3 < wide.intermediate_size / wide.hidden_size < 5.5
+    assert (wide.num_layers == 36 and wide.hidden_size % 16 == 0
+            and 5.3 < wide.intermediate_size / wide.hidden_size < 5.5)
     assert shape_for_params(3e5, 2, family="tiny").num_layers == 2
 
 
 def test_training_flops_is_6ND_with_the_streams_explicit():
     shape = ModelShape.from_size("1.6B")
     one, eight = training_flops(shape, 1, 42e9), training_flops(shape, 8, 42e9)
-    assert one / (6 * shape.non_embedding_params(1) * 42e9) == pytest.approx(1.2, abs=0.1)  # + attention and the LM head
+    # + attention and the LM head
+    assert one / (6 * shape.non_embedding_params(1) * 42e9) == pytest.approx(1.2, abs=0.1)
     assert 7.0 < eight / one < 8.0  # the backbone runs 8 times, the LM head once
 
 
@@ -150,7 +162,8 @@ def test_cli_prints_and_emits_json(capsys):
     assert "memory 3.47" in capsys.readouterr().out
     assert main(["--size", "1.6B", "--P", "8", "--json"]) == 0
     single = json.loads(capsys.readouterr().out)
-    assert single["memory_gb"] == pytest.approx(3.47, rel=0.03) and single["latency_s"] == pytest.approx(0.144, rel=0.03)
+    assert (single["memory_gb"] == pytest.approx(3.47, rel=0.03)
+            and single["latency_s"] == pytest.approx(0.144, rel=0.03))
     assert main(["--compare", "--json"]) == 0
     ratios = json.loads(capsys.readouterr().out)
     assert set(ratios) == {"1", "2", "4", "8"}
@@ -163,6 +176,7 @@ def test_cli_refuses_an_unknown_size_in_one_line(capsys):
 
 
 def test_module_runs_from_the_command_line():
-    done = subprocess.run([sys.executable, "-m", "analysis.cost", "--compare"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "analysis.cost", "--compare"], capture_output=True,
+                          text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "memory_ratio" in done.stdout and "RuntimeWarning" not in done.stderr

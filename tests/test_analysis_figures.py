@@ -105,7 +105,8 @@ def test_multiplier_against_N_draws_each_runs_implied_multiplier_and_the_fitted_
     # The reading of the Pile: at P = 8 the streams are worth 1.59x at 0.5B and 1.72x at 4.4B.
     assert implied[0] == pytest.approx(1.59, abs=0.01) and implied[-1] == pytest.approx(1.72, abs=0.01)
     runs = table[table["P"] == 8]
-    expected = result.params["A"] * (runs["loss"] - result.params["E"]) ** (-1 / result.params["alpha"]) / runs["params"]
+    expected = (result.params["A"] * (runs["loss"] - result.params["E"]) ** (-1 / result.params["alpha"])
+                / runs["params"])
     np.testing.assert_allclose(implied, expected.to_numpy())
     constant = artist(figure, "fitted P=8").get_ydata()
     assert constant[0] == constant[1] == pytest.approx(1 + result.params["k"] * np.log(8))
@@ -154,7 +155,8 @@ def test_residuals_draw_heldout_predictions_apart_from_fitted_runs(stack):
 def test_heldout_checks_suit_any_sweep(stack):
     table, _ = stack
     checks = figures.heldout_checks(table)
-    assert [(c.train, c.test) for c in checks] == [("P < 8", "P == 8"), ("params < 4.30967e+09", "params >= 4.30967e+09")]
+    assert [(c.train, c.test) for c in checks] == [("P < 8", "P == 8"),
+                                                   ("params < 4.30967e+09", "params >= 4.30967e+09")]
     assert set(checks[1].predictions["size"]) == {"4.4B"}
     two_sizes = table[table["size"].isin(["0.5B", "0.7B"])]
     assert len(figures.heldout_checks(two_sizes)) == 1  # one size cannot be fitted alone: that check is skipped
@@ -207,8 +209,9 @@ def test_cli_draws_every_figure_from_a_table_without_dataset_column(tmp_path, ca
     assert figures.main(["--results", str(path), "--out", str(out), "--format", "png,pdf", "--bootstrap", "10"]) == 0
     # One data set: one panel per figure, two for the equivalence, three for the residuals (the fit and
     # two held-out checks), a 2 x 4 grid for the inference cost; inches x 200 dpi.
-    sizes = {"loss_vs_params": (700, 540), "loss_contours": (780, 540), "equivalence": (1400, 540), "residuals": (1560, 540),
-             "inference_cost": (1600, 880), "multiplier_vs_params": (700, 540), "streams_to_match": (700, 540), "form_multipliers": (700, 540)}
+    sizes = {"loss_vs_params": (700, 540), "loss_contours": (780, 540), "equivalence": (1400, 540),
+             "residuals": (1560, 540), "inference_cost": (1600, 880), "multiplier_vs_params": (700, 540),
+             "streams_to_match": (700, 540), "form_multipliers": (700, 540)}
     for name, size in sizes.items():
         with Image.open(out / f"{name}.png") as image:
             assert image.format == "PNG" and image.size == size, name

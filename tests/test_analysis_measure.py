@@ -12,7 +12,8 @@ from analysis.gpus import GPUSpec
 from analysis.measure import device_rates, main, measure, peak_memory, plot
 from models import parscale_config
 
-SETTINGS = {"size": "tiny-96", "P_values": (1, 4), "batch_sizes": (1, 4), "input_tokens": 16, "output_tokens": 8, "repeats": 1}
+SETTINGS = {"size": "tiny-96", "P_values": (1, 4), "batch_sizes": (1, 4), "input_tokens": 16,
+            "output_tokens": 8, "repeats": 1}
 
 
 # Rates of a slow CPU, fixed so that the modelled columns are reproducible.
@@ -41,7 +42,8 @@ def test_measured_memory_holds_the_weights_and_grows_with_streams_and_batch(meas
 
 
 def test_modelled_columns_are_the_cost_model_at_the_given_rates(measured):
-    expected = inference_cost(ModelShape.from_config(parscale_config("tiny-96", 4)), 4, 4, 16, 8, gpu=RATES, flop_efficiency=1.0, memory_efficiency=1.0)
+    expected = inference_cost(ModelShape.from_config(parscale_config("tiny-96", 4)), 4, 4, 16, 8, gpu=RATES,
+                              flop_efficiency=1.0, memory_efficiency=1.0)
     assert measured.loc[(4, 4), "modelled_memory_gb"] == pytest.approx(expected.memory_gb)
     assert measured.loc[(4, 4), "modelled_latency_per_token_s"] == pytest.approx(expected.latency_s / 8)
 
@@ -62,7 +64,8 @@ def test_plot_draws_measured_against_modelled(measured):
 
 def test_command_writes_table_and_plot(tmp_path, capsys):
     out = tmp_path / "measure"
-    assert main(["--size", "tiny-96", "--layers", "1", "--P", "1,2", "--batch", "1", "--input-tokens", "8", "--output-tokens", "4", "--repeats", "1", "--out", str(out)]) == 0
+    assert main(["--size", "tiny-96", "--layers", "1", "--P", "1,2", "--batch", "1", "--input-tokens", "8",
+                 "--output-tokens", "4", "--repeats", "1", "--out", str(out)]) == 0
     table = pd.read_csv(out / "measured.csv")
     assert list(table["P"]) == [1, 2] and set(table["size"]) == {"tiny-96"}
     with Image.open(out / "measured_vs_modelled.png") as image:

@@ -62,7 +62,8 @@ def test_the_papers_figure_4_is_one_case(pile):
         the_plan = plan(result, target, gpu="A100-SXM-80GB", batch=batch, P_values=(1, 8), lengths=cost.PAPER_LENGTHS)
         parallel, parameters = the_plan.option(8), the_plan.option(1)
         assert (parallel.hidden_size, parallel.intermediate_size) == (shape.hidden_size, shape.intermediate_size)
-        assert cost.ModelShape.from_size("2.8B").non_embedding_params(1) < parameters.params < cost.ModelShape.from_size("4.4B").non_embedding_params(1)
+        assert (cost.ModelShape.from_size("2.8B").non_embedding_params(1) < parameters.params
+                < cost.ModelShape.from_size("4.4B").non_embedding_params(1))
         base_memory, base_latency = cost.averaged_cost("1.6B", 1, batch)
         ratios[batch] = ((parameters.memory_gb - base_memory) / (parallel.memory_gb - base_memory),
                          (parameters.latency_s - base_latency) / (parallel.latency_s - base_latency))
@@ -107,8 +108,8 @@ def test_json_and_frontier_figure(pile, tmp_path):
 
 def test_command_line(tmp_path, capsys):
     figure = tmp_path / "frontier.png"
-    assert main(["--published", "pile", "--target-loss", "1.85", "--gpu", "A100-80GB", "--batch", "1", "--bootstrap", "20",
-                 "--json", "--figure", str(figure)]) == 0
+    assert main(["--published", "pile", "--target-loss", "1.85", "--gpu", "A100-80GB", "--batch", "1",
+                 "--bootstrap", "20", "--json", "--figure", str(figure)]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["gpu"] == "A100-SXM-80GB" and data["best_by_memory"]["P"] in [o["P"] for o in data["options"]]
     assert figure.stat().st_size > 0

@@ -2,13 +2,22 @@ import numpy as np
 import pytest
 
 from parscale_law import (
-    SCHEMES, InvalidTableError, ParScaleLaw, UnknownNameError, bootstrap, fit, holdout, load_published, rollout, simulate,
+    SCHEMES,
+    InvalidTableError,
+    ParScaleLaw,
+    UnknownNameError,
+    bootstrap,
+    fit,
+    holdout,
+    load_published,
+    rollout,
+    simulate,
 )
 from parscale_law.coverage import coverage
+from parscale_law.forms import FORMS
 from parscale_law.holdout import heldout_metrics
 from parscale_law.resample import row_counts, variance_components
 from parscale_law.table import prepare
-from parscale_law.forms import FORMS
 
 TRUE = ParScaleLaw(E=1.5, A=4e7, alpha=0.22, k=0.45)
 GRID_N = np.geomspace(5e7, 5e9, 6)
@@ -70,7 +79,8 @@ def test_cell_scheme_resamples_replicate_seeds():
 
 def test_variance_components_recover_size_cell_and_run_noise():
     # Many sizes, so each component is well determined: size 0.004, cell 0.002, run 0.001 (three seeds a cell).
-    table = simulate(TRUE, N=np.geomspace(5e7, 5e9, 40), noise=0.001, size_offset=0.004, cell_offset=0.002, seeds=3, seed=1)
+    table = simulate(TRUE, N=np.geomspace(5e7, 5e9, 40), noise=0.001, size_offset=0.004, cell_offset=0.002,
+                     seeds=3, seed=1)
     data = prepare(table)
     result = fit(table)
     components = variance_components(FORMS["log"], result.params, data, ["E", "A", "alpha", "k"]).as_dict()
@@ -117,7 +127,8 @@ def test_p_effect_says_whether_streams_help_or_hurt(k, verdict):
 
 def test_no_p_effect_is_no_evidence_either_way():
     # A 95% interval misses 0 one time in twenty: over five data sets (seeds 0-4) at least four say so.
-    verdicts = [bootstrap(simulate(ParScaleLaw(E=1.5, A=4e7, alpha=0.22, k=0.0), N=GRID_N, noise=0.001, seed=seed), n=100, seed=0).p_effect
+    verdicts = [bootstrap(simulate(ParScaleLaw(E=1.5, A=4e7, alpha=0.22, k=0.0), N=GRID_N, noise=0.001, seed=seed),
+                          n=100, seed=0).p_effect
                 for seed in range(5)]
     assert verdicts.count("no evidence") >= 4, verdicts
 
@@ -133,7 +144,8 @@ def test_bootstrap_takes_weights_and_fixed_parameters():
 
 def test_prediction_points_with_tokens():
     truth = {"E": 1.3, "A": 2e8, "alpha": 0.2, "k": 0.3, "B": 400.0, "beta": 0.3}
-    table = simulate(truth, N=np.geomspace(5e7, 5e9, 5), P=[1, 2, 4, 8], tokens=[1e10, 4e10], form="log-tokens", noise=0.001)
+    table = simulate(truth, N=np.geomspace(5e7, 5e9, 5), P=[1, 2, 4, 8], tokens=[1e10, 4e10],
+                     form="log-tokens", noise=0.001)
     boot = bootstrap(table, n=10, form="log-tokens", predict_at=[(1e10, 8, 4e10)])
     low, high = boot.interval("loss@N=1e+10,P=8,D=4e+10")
     assert low < high
@@ -202,7 +214,8 @@ def test_unfinished_runs_are_left_out_of_holdout_and_rollout():
 def test_the_sweep_summary_says_whether_streams_help(capsys, k, verdict):
     from sweeps.report import _print_summary
 
-    table = simulate(ParScaleLaw(E=1.5, A=2e4, alpha=0.4, k=k), N=np.geomspace(4e4, 6.4e5, 6), noise=0.001, seeds=2, seed=0)
+    table = simulate(ParScaleLaw(E=1.5, A=2e4, alpha=0.4, k=k), N=np.geomspace(4e4, 6.4e5, 6), noise=0.001,
+                     seeds=2, seed=0)
     boot = bootstrap(table, n=40, seed=0)
     _print_summary(boot.point, boot, table)
     printed = capsys.readouterr().out

@@ -24,7 +24,8 @@ def test_fit_file_with_json_bootstrap_and_holdout(tmp_path, capsys):
     table = tmp_path / "runs.parquet"
     load_published("all").to_parquet(table)
     out = tmp_path / "fit.json"
-    assert main(["fit", str(table), "--dataset", "stack-v2-python", "--bootstrap", "50", "--holdout", "extrapolate-P", "--json", str(out)]) == 0
+    assert main(["fit", str(table), "--dataset", "stack-v2-python", "--bootstrap", "50", "--holdout", "extrapolate-P",
+                 "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     for key in ("E", "A", "alpha", "k", "objective", "r2"):
         assert isinstance(data[key], float)

@@ -41,7 +41,8 @@ def test_reproduces_papers_figure_2(published_fits, dataset, method):
     result = published_fits[(dataset, method)]
     expected = PAPER_FITS[dataset]
     for name in ("E", "A", "alpha", "k"):
-        assert result.params[name] == pytest.approx(expected[name], rel=PAPER_RECIPE_A_REL if (method, name) == ("paper", "A") else 1e-3), name
+        assert result.params[name] == pytest.approx(
+            expected[name], rel=PAPER_RECIPE_A_REL if (method, name) == ("paper", "A") else 1e-3), name
     assert round(result.r2, 4) == expected["r2"]
     assert result.status == "converged"
     assert result.A_prime == pytest.approx(result.params["A"] ** result.params["alpha"])
@@ -88,7 +89,9 @@ def test_recovers_known_parameters_with_noise():
     assert np.max(np.abs(errors)) < 0.15
 
 
-@pytest.mark.parametrize("form, truth", [("rho", {"E": 1.2, "A": 3e7, "alpha": 0.3, "rho": 0.35}), ("power", {"E": 1.2, "A": 3e7, "alpha": 0.3, "beta": 0.12})])
+@pytest.mark.parametrize("form, truth",
+                         [("rho", {"E": 1.2, "A": 3e7, "alpha": 0.3, "rho": 0.35}),
+                          ("power", {"E": 1.2, "A": 3e7, "alpha": 0.3, "beta": 0.12})])
 def test_alternative_forms_recover_their_parameters(form, truth):
     N, P = np.meshgrid(np.geomspace(5e7, 5e9, 6), [1.0, 2.0, 4.0, 8.0], indexing="ij")
     loss = FORMS[form].predict(truth, N.ravel(), P.ravel())
@@ -130,7 +133,8 @@ def test_k_domain_ends_where_the_largest_P_is_worth_nothing():
     assert result.status == "at_bound" and result.at_bound == ("k",) and "k=" in result.reason
     assert FORMS["log"].bounds_for(8.0)["k"][0] == pytest.approx(low) and FORMS["log"].bounds_for(16.0)["k"][0] > low
     # The paper's recipe keeps its own bounds (every parameter >= 1e-8).
-    assert fit(simulate(ParScaleLaw(E=1.5, A=4e7, alpha=0.22, k=-0.1), N=GRID_N), method="paper").params["k"] == pytest.approx(1e-8, abs=1e-9)
+    assert fit(simulate(ParScaleLaw(E=1.5, A=4e7, alpha=0.22, k=-0.1), N=GRID_N),
+               method="paper").params["k"] == pytest.approx(1e-8, abs=1e-9)
 
 
 @pytest.mark.parametrize("fixed", [{"E": 1.7}, {"alpha": 0.2}, {"k": 0.3}, {"A": 2e8}, {"E": 1.3, "alpha": 0.2}])
@@ -172,8 +176,9 @@ def test_weights_weigh_each_run():
     assert "weight" in by_column.residuals.columns
 
 
-@pytest.mark.parametrize("weights, message", [(np.ones(3), "3 weights for a table of 24 rows"), ("w", "no weights column"),
-                                              (-np.ones(24), "weights must be finite and >= 0"), (np.zeros(24), "every weight is 0")])
+@pytest.mark.parametrize("weights, message",
+                         [(np.ones(3), "3 weights for a table of 24 rows"), ("w", "no weights column"),
+                          (-np.ones(24), "weights must be finite and >= 0"), (np.zeros(24), "every weight is 0")])
 def test_bad_weights_are_refused(weights, message):
     with pytest.raises(InvalidTableError, match=message):
         fit(load_published("pile"), weights=weights)
@@ -183,7 +188,8 @@ LOG_TOKENS_TRUTH = {"E": 1.3, "A": 2e8, "alpha": 0.2, "k": 0.3, "B": 400.0, "bet
 
 
 def test_log_tokens_form_recovers_its_parameters_from_the_tokens_column():
-    table = simulate(LOG_TOKENS_TRUTH, N=np.geomspace(5e7, 5e9, 5), P=[1, 2, 4, 8], tokens=[1e10, 4e10, 1.6e11], form="log-tokens")
+    table = simulate(LOG_TOKENS_TRUTH, N=np.geomspace(5e7, 5e9, 5), P=[1, 2, 4, 8],
+                     tokens=[1e10, 4e10, 1.6e11], form="log-tokens")
     result = fit(table, form="log-tokens")
     assert result.status == "converged"
     for name, value in LOG_TOKENS_TRUTH.items():
@@ -191,7 +197,7 @@ def test_log_tokens_form_recovers_its_parameters_from_the_tokens_column():
     law = result.law_at(4e10)  # at one training length the tokens term joins E
     assert law.predict(1e9, 4) == pytest.approx(result.predict([1e9], [4], tokens=[4e10])[0])
     with pytest.raises(ValueError, match="law_at"):
-        result.law
+        _ = result.law
 
 
 def test_log_tokens_form_needs_tokens_that_vary():
@@ -276,7 +282,8 @@ def test_unfinished_runs_are_skipped():
 
 def test_no_runtime_warnings_leak_on_hard_data():
     # Nearly flat losses push alpha towards its bound, where A**(1/alpha) would overflow.
-    table = simulate(ParScaleLaw(E=2.0, A=1e3, alpha=0.02, k=0.1), N=np.geomspace(1e6, 1e10, 5), P=[1, 2, 4], noise=0.01)
+    table = simulate(ParScaleLaw(E=2.0, A=1e3, alpha=0.02, k=0.1), N=np.geomspace(1e6, 1e10, 5),
+                     P=[1, 2, 4], noise=0.01)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         result = fit(table)
@@ -288,7 +295,8 @@ def test_no_runtime_warnings_leak_on_hard_data():
 def test_extreme_scale_gives_infinite_A_prime_not_an_error():
     from parscale_law import FitResult
 
-    result = FitResult("log", "fast", {"E": 1.0, "A": 1e300, "alpha": 2.0, "k": 0.1}, 0.0, 1.0, 0.0, "converged", "", 6, 0.0)
+    result = FitResult("log", "fast", {"E": 1.0, "A": 1e300, "alpha": 2.0, "k": 0.1}, 0.0, 1.0, 0.0, "converged", "",
+                       6, 0.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert result.A_prime == np.inf

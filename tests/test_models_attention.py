@@ -1,15 +1,17 @@
 """Attention at P > 1: without padding SDPA gets no per-row mask and the unrepeated key/value heads (on a GPU
-no mask at all, so that it may take the flash kernel); every attention implementation gives the same logits, with and without padding,
-also through generate(); the implementation is chosen on the config; sliding windows keep the prefix visible."""
+no mask at all, so that it may take the flash kernel); every attention implementation gives the same logits, with
+and without padding, also through generate(); the implementation is chosen on the config; sliding windows keep the
+prefix visible."""
 
 import importlib.util
 
 import pytest
 import torch
 import torch.nn.functional as F
-from test_models_reference import reference_logits
 
 from models import Qwen2ParScaleForCausalLM, attention, parscale_config
+
+from test_models_reference import reference_logits
 
 
 def tiny_config(parscale_n, **overrides):

@@ -33,7 +33,8 @@ def test_forward_compiles_as_one_graph(parscale_n, padded):
     input_ids = torch.randint(0, 256, (2, 9))
     mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1], [1] * 9]) if padded else None
     with torch.no_grad():
-        torch.testing.assert_close(compiled(input_ids, attention_mask=mask).logits, model(input_ids, attention_mask=mask).logits)
+        torch.testing.assert_close(compiled(input_ids, attention_mask=mask).logits,
+                                   model(input_ids, attention_mask=mask).logits)
 
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])

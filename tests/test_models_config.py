@@ -45,7 +45,8 @@ def test_yaml_file_is_the_size_config(size):
 
 
 def test_every_yaml_file_is_a_known_size():
-    assert {path.stem for path in MODEL_CONFIGS.glob("*.yaml")} == {*sizes.PAPER_SIZES, *sizes.TINY_SIZES, *sizes.SMALL_SIZES}
+    assert {path.stem for path in MODEL_CONFIGS.glob("*.yaml")} == {*sizes.PAPER_SIZES, *sizes.TINY_SIZES,
+                                                                    *sizes.SMALL_SIZES}
 
 
 def test_tiny_sizes_grow_in_width_like_the_papers():

@@ -87,7 +87,8 @@ def test_static_cache_decodes_the_dynamic_caches_tokens(model_tiny, compiled):
         tokens = []
         for settings in ({}, static):
             torch.manual_seed(11)
-            tokens.append(generate(model_tiny, input_ids, attention_mask=attention_mask, do_sample=do_sample, **settings))
+            tokens.append(generate(model_tiny, input_ids, attention_mask=attention_mask,
+                                   do_sample=do_sample, **settings))
         assert torch.equal(tokens[0], tokens[1]), f"do_sample={do_sample}"
     assert hasattr(model_tiny, "_compiled_call") == compiled
 

@@ -56,7 +56,7 @@ def reference_logits(state, config, input_ids, sliding_window=None):
         p = f"model.layers.{i}."
         a = rms_norm(x, state[p + "input_layernorm.weight"])
 
-        def project(name, heads):
+        def project(name, heads, a=a, p=p):
             out = a @ state[p + f"self_attn.{name}.weight"].T + state[p + f"self_attn.{name}.bias"]
             return out.view(n_streams * batch, length, heads, head_dim).transpose(1, 2)
 
@@ -80,7 +80,8 @@ def reference_logits(state, config, input_ids, sliding_window=None):
         streams = [x[s * batch : (s + 1) * batch] for s in range(n_streams)]
         features = torch.stack(streams, dim=-1).flatten(-2)  # feature index = h * P + stream
         hidden = F.silu(features @ state["model.aggregate_layer.0.weight"].T + state["model.aggregate_layer.0.bias"])
-        weights = (hidden @ state["model.aggregate_layer.2.weight"].T + state["model.aggregate_layer.2.bias"]).softmax(-1)
+        weights = (hidden @ state["model.aggregate_layer.2.weight"].T
+                   + state["model.aggregate_layer.2.bias"]).softmax(-1)
         smooth = config.parscale_attn_smooth
         weights = weights * (1 - smooth) + smooth / n_streams
         x = sum(weights[..., s : s + 1] * streams[s] for s in range(n_streams))

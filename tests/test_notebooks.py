@@ -28,7 +28,8 @@ def kernel_available():
 
 def run(notebook):
     # jupyter_client launches a kernelspec whose command is "python" with this interpreter (sys.executable).
-    NotebookClient(notebook, timeout=TIME_LIMIT_S, kernel_name=KERNEL, resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    NotebookClient(notebook, timeout=TIME_LIMIT_S, kernel_name=KERNEL,
+                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     return notebook
 
 

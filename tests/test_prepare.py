@@ -19,6 +19,7 @@ from sweeps.prepare import main as prepare_main
 from sweeps.prepare import prepare
 from sweeps.prepared import MANIFEST, check_prepared, open_split, read_manifest
 from sweeps.train import train
+
 from data_helpers import bpe_tokenizer, jsonl_data
 from train_helpers import tiny_config, write_corpus
 
@@ -111,7 +112,8 @@ def test_training_reads_prepared_data_and_the_paper_grid_refuses_unprepared_hub_
     paths, _ = corpus
     prepare(jsonl_data(paths), tmp_path / "prepared", **SILENT)
     overrides = ["data=jsonl", f"data.data_files=[{','.join(paths)}]"]
-    config = tiny_config(tmp_path / "run", 3, *overrides, f"data.prepared={tmp_path / 'prepared'}", "data.holdout_fraction=0.1")
+    config = tiny_config(tmp_path / "run", 3, *overrides, f"data.prepared={tmp_path / 'prepared'}",
+                         "data.holdout_fraction=0.1")
     check_prepared(config)
     tokenizer = load_tokenizer(config.data)  # from the manifest: nothing is loaded from the hub
     assert (tokenizer.vocab_size, tokenizer.eos_token_id) == (259, 258) and isinstance(tokenizer, PreparedTokenizer)
@@ -172,7 +174,8 @@ def test_stack_v2_contents_come_from_the_blob_store(bucket, tmp_path):
         compressed = gzip.compress(text.encode(encoding))
         bucket.put_object(Bucket="softwareheritage", Key=f"content/{blob_id}", Body=compressed)
         (mirror / blob_id).write_bytes(compressed)
-    data = jsonl_data([rows_file], text_field="content", blob_store="s3://softwareheritage/content", holdout_fraction=0.2)
+    data = jsonl_data([rows_file], text_field="content", blob_store="s3://softwareheritage/content",
+                      holdout_fraction=0.2)
     manifest = prepare(data, tmp_path / "from-s3", workers=1, **SILENT)
     assert manifest["missing_blobs"] == 1
     texts = [text for text, _ in contents.values()]
@@ -180,7 +183,8 @@ def test_stack_v2_contents_come_from_the_blob_store(bucket, tmp_path):
     for split in ("train", "validation"):
         tokens, ends = open_split(tmp_path / "from-s3", split)
         starts = [0, *ends[:-1].tolist()]
-        prepared_texts += [bytes(tokens[start:end - 1].astype(np.uint8)).decode() for start, end in zip(starts, ends)]
+        prepared_texts += [bytes(tokens[start:end - 1].astype(np.uint8)).decode()
+                           for start, end in zip(starts, ends, strict=True)]
     assert sorted(prepared_texts) == sorted(texts)  # every stored file, decoded with its own encoding
     # The streamed path reads the same store; a local mirror of the bucket gives the same files.
     assert list(open_documents(data, None)) == texts

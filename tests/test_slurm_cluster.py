@@ -13,7 +13,6 @@ import time
 import uuid
 
 import pytest
-
 from slurm.cluster import PARTITION, make_executor, requires_slurm, venv_env, wait_for_state
 
 submitit = pytest.importorskip("submitit")

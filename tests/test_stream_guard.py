@@ -29,7 +29,8 @@ def test_trained_streams_matter_at_the_demo_settings(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("control, gain", [("base-prefixes-off", "stream_gain"), ("base-aggregator-off", "aggregator_gain")])
+@pytest.mark.parametrize("control, gain",
+                         [("base-prefixes-off", "stream_gain"), ("base-aggregator-off", "aggregator_gain")])
 def test_the_check_fails_with_the_streams_disconnected(tmp_path, control, gain):
     row = run_cell(control, "tiny-32", 4, 0, tmp_path)
     assert row[gain] <= 1e-5 < THRESHOLD, row

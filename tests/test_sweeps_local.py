@@ -105,7 +105,8 @@ def test_paper_scale_is_refused_without_a_gpu_cluster(tmp_path):
 
 
 def test_interrupted_sweep_resumes_and_finishes_only_what_is_missing(tmp_path):
-    overrides = ["+grid=stack", "scale=smoke", "scale.sizes=tiny-96", "hydra.launcher.parallel=1", "tokens=40960", *FAST]  # 40 steps of 16 x 64
+    overrides = ["+grid=stack", "scale=smoke", "scale.sizes=tiny-96", "hydra.launcher.parallel=1",
+                 "tokens=40960", *FAST]  # 40 steps of 16 x 64
     sweep_dir = tmp_path / "multirun" / "stack-smoke"
     process = subprocess.Popen([sys.executable, "-m", "sweeps.launch", *overrides], cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

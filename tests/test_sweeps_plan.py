@@ -26,7 +26,8 @@ def dry_run(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     no_programs = tmp_path / "empty-path"
     no_programs.mkdir(exist_ok=True)
     return subprocess.run(
-        [sys.executable, "-m", "sweeps.launch", *overrides, "sweep.dry_run=true", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        [sys.executable, "-m", "sweeps.launch", *overrides, "sweep.dry_run=true",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PATH": str(no_programs)},  # no sbatch, no sinfo: a dry run needs no SLURM
     )
@@ -79,7 +80,7 @@ def test_a_cell_that_cannot_fit_stops_the_grid_with_one_line(tmp_path):
     assert not (tmp_path / "sweep" / "plan.json").exists()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _paper_size(size: str, run_dir: str):
     return load_config([f"model={size}", "seq_len=2048", "global_batch_size=1024", "micro_batch_size=1",
                         "precision=bf16", "tokens=42000000000", f"run_dir={run_dir}"])

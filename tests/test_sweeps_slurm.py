@@ -40,7 +40,8 @@ def launch(cwd: Path, *overrides: str, timeout: float = 600) -> subprocess.Compl
 def wait_for(path: Path, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
-        assert time.monotonic() < deadline, f"{path} did not appear within {timeout:.0f} s; see the sweep's .submitit logs"
+        assert time.monotonic() < deadline, (f"{path} did not appear within {timeout:.0f} s; "
+                                             "see the sweep's .submitit logs")
         time.sleep(0.5)
 
 
@@ -146,10 +147,12 @@ def test_two_stage_grid_stage2_waits_for_its_preempted_and_requeued_stage1(tmp_p
     while len(steps_of(stage1 / "metrics.jsonl")) < 10:
         assert time.monotonic() < deadline, "stage 1 did not reach step 10"
         time.sleep(0.2)
-    waiting = subprocess.run(["squeue", "-h", "-j", jobs["tiny-96-P2-s0-F0.25"], "-o", "%r"], capture_output=True, text=True)
+    waiting = subprocess.run(["squeue", "-h", "-j", jobs["tiny-96-P2-s0-F0.25"], "-o", "%r"],
+                             capture_output=True, text=True)
     assert waiting.stdout.strip() == "Dependency", waiting.stdout + waiting.stderr
     # Preempted (what SLURM sends before a time limit): stage 1 saves, submitit requeues it, and it resumes.
-    submitit.SlurmJob(folder=sweep_dir / ".submitit" / "%j", job_id=jobs["tiny-96-P1-s0-stage1"])._interrupt(timeout=True)
+    submitit.SlurmJob(folder=sweep_dir / ".submitit" / "%j",
+                      job_id=jobs["tiny-96-P1-s0-stage1"])._interrupt(timeout=True)
     for P in (1, 2):
         wait_for(sweep_dir / f"tiny-96-P{P}-s0-F0.25" / "result.json", timeout=500)
     assert steps_of(stage1 / "metrics.jsonl") == list(range(1, 121))  # no step lost, none repeated
@@ -158,7 +161,8 @@ def test_two_stage_grid_stage2_waits_for_its_preempted_and_requeued_stage1(tmp_p
     for P in (1, 2):
         cell = sweep_dir / f"tiny-96-P{P}-s0-F0.25"
         attempts = json.loads((cell / "attempts.json").read_text())
-        assert len(attempts) == 1 and attempts[0]["started"] >= finished, "a stage-2 job started before stage 1 finished"
+        assert len(attempts) == 1 and attempts[0]["started"] >= finished, (
+            "a stage-2 job started before stage 1 finished")
         assert steps_of(cell / "metrics.jsonl") == list(range(121, 161))
     report = subprocess.run([sys.executable, "-m", "sweeps.report", str(sweep_dir), "--bootstrap", "20"],
                             capture_output=True, text=True, env=venv_env())

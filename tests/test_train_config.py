@@ -5,6 +5,7 @@ import pytest
 
 from sweeps.config import ConfigError, load_config, run_id
 from sweeps.train import train
+
 from train_helpers import run_app, tiny_config, tiny_overrides
 
 

@@ -15,6 +15,7 @@ from sweeps.config import DataConfig
 from sweeps.data import DataError, PreparedRows, StreamedRows, eval_batch, prepared_directory, training_batches
 from sweeps.documents import ByteTokenizer, PretrainedTokenizer, open_documents, split_of, stdlib_docstrings
 from sweeps.prepared import RowOrder, open_split, read_manifest
+
 from data_helpers import jsonl_data
 from train_helpers import WORDS, write_corpus
 

@@ -13,6 +13,7 @@ import pytest
 from sweeps.checkpoint import latest_checkpoint
 from sweeps.tracking import read_metrics
 from sweeps.train import train
+
 from train_helpers import REPO, child_env, tiny_config, tiny_overrides
 
 STEPS = 12
@@ -79,7 +80,7 @@ def test_two_processes_match_one_process(tmp_path, one_process, launcher, strate
     assert f"2 process(es) ({strategy}) x 1 micro-batch(es)" in output
     rows = read_metrics(run_dir / "metrics.jsonl")
     assert [row["step"] for row in rows] == [row["step"] for row in reference_rows] == list(range(1, STEPS + 1))
-    for row, expected in zip(rows, reference_rows):
+    for row, expected in zip(rows, reference_rows, strict=True):
         assert row["loss"] == pytest.approx(expected["loss"], abs=1e-5)
         assert row.get("eval_loss", 0.0) == pytest.approx(expected.get("eval_loss", 0.0), abs=1e-5)
     assert output.count("done:") == 1  # only rank 0 reports
@@ -96,7 +97,8 @@ def test_two_processes_save_and_one_process_resumes_on_the_same_curve(tmp_path):
     reference = train(tiny_config(reference_dir, steps, *BATCH[:-1], tokens))
     reference_rows = read_metrics(reference_dir / "metrics.jsonl")
     run_dir = tmp_path / "run"
-    overrides = [item for item in tiny_overrides(run_dir, steps, *BATCH[:-1], tokens) if not item.startswith("run_dir=")]
+    overrides = [item for item in tiny_overrides(run_dir, steps, *BATCH[:-1], tokens)
+                 if not item.startswith("run_dir=")]
     tasks = start_like_srun([*overrides, "strategy=fsdp", "checkpoint_interval=1000", f"hydra.run.dir={run_dir}"])
     metrics = run_dir / "metrics.jsonl"
     while tasks[1].poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 20):
@@ -113,5 +115,5 @@ def test_two_processes_save_and_one_process_resumes_on_the_same_curve(tmp_path):
     assert resumed["eval_loss"] == pytest.approx(reference["eval_loss"], abs=1e-5)
     rows = read_metrics(metrics)
     assert [row["step"] for row in rows] == list(range(1, steps + 1))
-    for row, expected in zip(rows, reference_rows):
+    for row, expected in zip(rows, reference_rows, strict=True):
         assert row["loss"] == pytest.approx(expected["loss"], abs=1e-5)

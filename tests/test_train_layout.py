@@ -5,12 +5,13 @@ same for any seed-equal run, bf16 is FSDP2's mixed precision, and compiled block
 import pytest
 import torch
 
-import train_helpers  # noqa: F401  (one torch thread)
 from models import Qwen2ParScaleForCausalLM, parscale_config
 from sweeps import distributed
 from sweeps.build import build_trained, model_config
 from sweeps.loss import CausalLMLoss
 from sweeps.train import train
+
+import train_helpers  # noqa: F401  (one torch thread)
 from train_helpers import tiny_config
 
 CPU = distributed.Environment(0, 1, 0, torch.device("cpu"))

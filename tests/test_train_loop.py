@@ -19,6 +19,7 @@ from sweeps.checkpoint import latest_checkpoint, read_meta
 from sweeps.config import ConfigError, run_id
 from sweeps.tracking import read_metrics
 from sweeps.train import train
+
 from train_helpers import REPO, child_env, corpus_overrides, tiny_config, tiny_overrides, write_corpus
 
 # The result.json of the golden_run config below, run once with torch 2.13.0+cpu and transformers 5.25 on one
@@ -114,7 +115,7 @@ def test_signal_saves_a_checkpoint_and_the_resumed_run_matches_an_uninterrupted_
     assert resumed["eval_loss"] == pytest.approx(reference["eval_loss"], abs=1e-6)
     rows = read_metrics(metrics)
     assert [row["step"] for row in rows] == list(range(1, steps + 1))  # nothing lost, nothing twice
-    for row, expected in zip(rows, reference_rows):
+    for row, expected in zip(rows, reference_rows, strict=True):
         assert row["loss"] == pytest.approx(expected["loss"], abs=1e-6)
 
 
@@ -140,7 +141,8 @@ def test_two_stage_from_a_qwen2_checkpoint_and_refusals(tmp_path):
     from models import parscale_config
 
     fields = parscale_config("tiny-96").to_dict()
-    qwen2 = Qwen2ForCausalLM(Qwen2Config(**{key: value for key, value in fields.items() if not key.startswith("parscale")}))
+    qwen2 = Qwen2ForCausalLM(Qwen2Config(**{key: value for key, value in fields.items()
+                                            if not key.startswith("parscale")}))
     qwen2.save_pretrained(tmp_path / "qwen2")
     result = train(tiny_config(tmp_path / "stage2", 2, f"init_from={tmp_path / 'qwen2'}", "parscale_n=4"))
     assert result["P"] == 4 and result["status"] == "done"
@@ -182,8 +184,10 @@ def test_parscale_parameters_get_their_own_learning_rate_and_decay(tmp_path):
     from sweeps.build import build_optimizer, build_trained, model_config
     from sweeps.distributed import Environment
 
-    config = tiny_config(tmp_path / "run", 5, "parscale_n=2", "optim.parscale_lr_scale=4", "optim.parscale_weight_decay=0")
-    trained, model = build_trained(config, model_config(config, 259), Environment(0, 1, 0, torch.device("cpu")), "ddp", False)
+    config = tiny_config(tmp_path / "run", 5, "parscale_n=2", "optim.parscale_lr_scale=4",
+                         "optim.parscale_weight_decay=0")
+    trained, model = build_trained(config, model_config(config, 259), Environment(0, 1, 0, torch.device("cpu")),
+                                   "ddp", False)
     optimizer = build_optimizer(trained, config.optim)
     by_scale = {}
     for group in optimizer.param_groups:

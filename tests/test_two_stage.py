@@ -16,6 +16,7 @@ from sweeps.config import ConfigError, OptimConfig
 from sweeps.stages import branch_dir
 from sweeps.tracking import read_metrics
 from sweeps.train import learning_rate, train
+
 from train_helpers import REPO, child_env, corpus_overrides, tiny_config, tiny_overrides, write_corpus
 
 STEPS = 40  # of 4 x 32 tokens; stage 2 is the last quarter (10 steps), branches also at the last half
@@ -30,13 +31,14 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory, corpus):
     run_dir = tmp_path_factory.mktemp("stage1") / "run"
-    result = train(tiny_config(run_dir, STEPS, *corpus, *WSD, "stage=1", "stage2_fraction=0.25", "branch_fractions=[0.5]"))
+    result = train(tiny_config(run_dir, STEPS, *corpus, *WSD, "stage=1", "stage2_fraction=0.25",
+                               "branch_fractions=[0.5]"))
     return run_dir, result
 
 
 def stage2(run_dir, stage1_dir, corpus, *overrides):
-    return train(tiny_config(run_dir, STEPS, *corpus, *WSD, "stage=2", "stage2_fraction=0.25", f"init_from={stage1_dir}",
-                             *overrides))
+    return train(tiny_config(run_dir, STEPS, *corpus, *WSD, "stage=2", "stage2_fraction=0.25",
+                             f"init_from={stage1_dir}", *overrides))
 
 
 def test_a_p1_stage2_continues_its_stage1_exactly(tmp_path, stage1, corpus):
@@ -48,7 +50,7 @@ def test_a_p1_stage2_continues_its_stage1_exactly(tmp_path, stage1, corpus):
     reference = read_metrics(tmp_path / "one" / "metrics.jsonl")
     both = read_metrics(stage1_dir / "metrics.jsonl") + read_metrics(tmp_path / "two" / "metrics.jsonl")
     assert [row["step"] for row in both] == list(range(1, STEPS + 1))
-    for row, expected in zip(both, reference):
+    for row, expected in zip(both, reference, strict=True):
         assert row["loss"] == pytest.approx(expected["loss"], abs=1e-6) and row["lr"] == pytest.approx(expected["lr"])
     assert continued["loss"] == pytest.approx(one_stage["loss"], abs=1e-6)
     assert continued["eval_loss"] == pytest.approx(one_stage["eval_loss"], abs=1e-6)
@@ -94,7 +96,8 @@ def test_stage2_settings_change_its_start(tmp_path, stage1, corpus):
     carried = stage2(tmp_path / "carry", stage1_dir, corpus, "parscale_n=2")
     reset = stage2(tmp_path / "reset", stage1_dir, corpus, "parscale_n=2", "stage2.optimizer_state=reset")
     warm = stage2(tmp_path / "warm", stage1_dir, corpus, "parscale_n=2", "stage2.warmup_fraction=0.5")
-    assert reset["loss"] != pytest.approx(carried["loss"], abs=1e-6) and warm["loss"] != pytest.approx(carried["loss"], abs=1e-6)
+    assert (reset["loss"] != pytest.approx(carried["loss"], abs=1e-6)
+            and warm["loss"] != pytest.approx(carried["loss"], abs=1e-6))
     first_rates = [row["lr"] for row in read_metrics(tmp_path / "warm" / "metrics.jsonl")][:5]
     assert first_rates == sorted(first_rates) and first_rates[0] < first_rates[4] / 2
     zero = stage2(tmp_path / "zero", stage1_dir, corpus, "parscale_n=2", "stage2.prefix_init=zero-values")
@@ -113,7 +116,8 @@ def test_a_preempted_stage2_resumes_exactly(tmp_path, stage1, corpus):
     assert reference["steps"] == steps - int(0.95 * steps)
 
     run_dir = tmp_path / "interrupted"
-    overrides = [item for item in tiny_overrides(run_dir, steps, *common, *long_stage1) if not item.startswith("run_dir=")]
+    overrides = [item for item in tiny_overrides(run_dir, steps, *common, *long_stage1)
+                 if not item.startswith("run_dir=")]
     child = subprocess.Popen([sys.executable, "-m", "sweeps.train", *overrides, f"hydra.run.dir={run_dir}"], cwd=REPO,
                              env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = run_dir / "metrics.jsonl"
@@ -149,7 +153,8 @@ def test_stage2_needs_its_stage1_checkpoint(tmp_path, stage1, corpus):
     (["stage=1", "stage2_fraction=1.0"], "must lie in [0, 1)"),
     (["stage=1", "stage2_fraction=0.2", "branch_fractions=[0.1]"], "must each lie in (stage2_fraction=0.2, 1)"),
     (["stage=3"], "stage=3 is unknown"),
-    (["stage=2", "stage2_fraction=0.1", "init_from=x", "stage2.prefix_init=ones"], "stage2.prefix_init='ones' is unknown"),
+    (["stage=2", "stage2_fraction=0.1", "init_from=x", "stage2.prefix_init=ones"],
+     "stage2.prefix_init='ones' is unknown"),
     (["stage=2", "stage2_fraction=0.1", "init_from=x", "stage2.warmup_fraction=1"], "stage2.warmup_fraction=1"),
     (["freeze_backbone=true"], "freeze_backbone=true needs init_from"),
 ])

@@ -11,6 +11,7 @@ import pytest
 
 from parscale_law import read_results
 from sweeps.stages import branch_dir
+
 from test_sweeps_local import FAST, launch, run_module
 
 SMOKE = ["+grid=pile", "scale=smoke", *FAST]
@@ -107,7 +108,8 @@ def test_a_failed_stage1_blocks_its_stage2_cells(tmp_path):
 def test_the_dry_run_prices_both_stages_against_from_scratch(tmp_path):
     done = launch(tmp_path, *SMOKE, "stage2_fraction=0.25", "sweep.dry_run=true", timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "tiny-64-P1-s0-stage1 (stage 1): 15 steps" in done.stdout and "tiny-64-P2-s0-F0.25 (stage 2): 5 steps" in done.stdout
+    assert ("tiny-64-P1-s0-stage1 (stage 1): 15 steps" in done.stdout
+            and "tiny-64-P2-s0-F0.25 (stage 2): 5 steps" in done.stdout)
     # Per size: stage 1 is 15 steps at P = 1, stage 2 is 5 steps at P = 1 and 2: 30 step-passes against 60.
     ratio = float(re.search(r"from scratch for the same cells \((\d\.\d+)x\)", done.stdout).group(1))
     assert ratio == pytest.approx(30 / 60, abs=0.01)

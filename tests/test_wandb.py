@@ -13,11 +13,13 @@ import time
 
 import pytest
 
-from sweeps.collect import collect_wandb, collect_wandb_files, main as collect_main, rows_from_wandb
+from sweeps.collect import collect_wandb, collect_wandb_files, rows_from_wandb
+from sweeps.collect import main as collect_main
 from sweeps.config import WandbConfig, run_id
 from sweeps.tracking import MetricsLog, WandbLogger, read_metrics
 from sweeps.train import train
 from sweeps.wandb_files import read_runs
+
 from train_helpers import REPO, child_env, tiny_config, tiny_overrides
 
 wandb = pytest.importorskip("wandb")
@@ -63,7 +65,8 @@ def test_an_attempt_killed_before_wandb_wrote_its_steps_is_filled_in_by_the_next
     config = WandbConfig(mode="offline", project="parscale", group="grid", name="cell")
     big_config = {"notes": "x" * 70_000}  # a record longer than a 32 KiB block of the log
     log = MetricsLog(tmp_path / "metrics.jsonl", resume_step=0)
-    rows = [{"step": step, "loss": 10.0 / step, **{f"metric_{i}": step * i for i in range(12)}} for step in range(1, 331)]
+    rows = [{"step": step, "loss": 10.0 / step, **{f"metric_{i}": step * i for i in range(12)}}
+            for step in range(1, 331)]
 
     first = WandbLogger(config, tmp_path, "cell0001", big_config)
     for row in rows[:300]:

@@ -49,7 +49,8 @@ def test_the_wheel_runs_from_an_empty_directory(tmp_path):
     run_python(["-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(dist),
                 str(source)], cwd=tmp_path)
     (wheel,) = dist.glob("*.whl")
-    run_python(["-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site), str(wheel)], cwd=tmp_path)
+    run_python(["-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
+               cwd=tmp_path)
     # PYTHONPATH comes before the editable install's finder, so the imports below must land in site.
     env = {**os.environ, "PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1"}
 
@@ -73,8 +74,8 @@ print(json.dumps({{"files": {{name: importlib.import_module(name).__file__ for n
     fitted = run_python(["-m", "parscale_law", "fit", "--published", "pile"], cwd=empty, env=env)
     assert re.search(r"^\s+k\s+0\.3344", fitted, re.MULTILINE), fitted
 
-    run_python(["-m", "analysis.figures", "--published", "pile", "--out", "figs", "--format", "png", "--bootstrap", "0"],
-               cwd=empty, env=env)
+    run_python(["-m", "analysis.figures", "--published", "pile", "--out", "figs", "--format", "png",
+                "--bootstrap", "0"], cwd=empty, env=env)
     assert (empty / "figs" / "loss_vs_params.png").read_bytes().startswith(b"\x89PNG")
 
     assert checkout_state() == before, "the commands wrote into the checkout"

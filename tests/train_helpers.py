@@ -31,10 +31,11 @@ TINY = [
     "wandb.mode=disabled",
 ]
 
-WORDS = (
-    "the a one two streams parallel model scale law loss token data python code train test run step "
-    "learn weight sum mix prefix layer width depth grid cell budget batch signal resume"
-).split()
+WORDS = [
+    "the", "a", "one", "two", "streams", "parallel", "model", "scale", "law", "loss", "token", "data", "python",
+    "code", "train", "test", "run", "step", "learn", "weight", "sum", "mix", "prefix", "layer", "width", "depth",
+    "grid", "cell", "budget", "batch", "signal", "resume",
+]
 
 
 def tiny_overrides(run_dir, steps: int, *overrides: str) -> list[str]:

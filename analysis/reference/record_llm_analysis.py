@@ -29,7 +29,15 @@ from pathlib import Path
 
 from llm_analysis.analysis import BYTES_FP16, LLMAnalysis, ModelConfig, get_gpu_config_by_name
 
-from models.sizes import MAX_POSITION_EMBEDDINGS, NUM_ATTENTION_HEADS, NUM_KEY_VALUE_HEADS, NUM_LAYERS, PAPER_SIZES, PREFIX_TOKENS, VOCAB_SIZE
+from models.sizes import (
+    MAX_POSITION_EMBEDDINGS,
+    NUM_ATTENTION_HEADS,
+    NUM_KEY_VALUE_HEADS,
+    NUM_LAYERS,
+    PAPER_SIZES,
+    PREFIX_TOKENS,
+    VOCAB_SIZE,
+)
 
 OUTPUT = Path(__file__).with_name("llm_analysis.csv")
 GPU, FLOP_EFFICIENCY, HBM_EFFICIENCY = "a100-sxm-80gb", 0.7, 0.9
@@ -37,7 +45,8 @@ P_VALUES, BATCHES, LENGTHS = (1, 8), (1, 8), (64, 128, 256, 512)
 GIB = 2**30
 
 
-def released_script_cost(hidden: int, intermediate: int, P: int, batch: int, input_tokens: int, output_tokens: int) -> tuple[float, float]:
+def released_script_cost(hidden: int, intermediate: int, P: int, batch: int, input_tokens: int,
+                         output_tokens: int) -> tuple[float, float]:
     """(memory GiB, latency s) as the released cost_analysis.py computes them with llm-analysis."""
     prefix = PREFIX_TOKENS if P > 1 else 0
     model = ModelConfig(
@@ -53,7 +62,8 @@ def released_script_cost(hidden: int, intermediate: int, P: int, batch: int, inp
 
     aggregator = (hidden + 1) * hidden * P if P > 1 else 0
     positions = input_tokens + output_tokens
-    aggregator_latency = (aggregator / tool.get_num_params_per_layer_mlp()) * tool.get_latency_fwd_per_layer_mlp(batch, positions) if P > 1 else 0.0
+    aggregator_latency = ((aggregator / tool.get_num_params_per_layer_mlp())
+                          * tool.get_latency_fwd_per_layer_mlp(batch, positions) if P > 1 else 0.0)
     activations = max(
         tool.get_activation_memory_per_layer(batch * P, prompt, is_inference=True, layernorm_dtype_bytes=BYTES_FP16),
         tool.get_activation_memory_output_embedding(batch, prompt),
@@ -61,16 +71,19 @@ def released_script_cost(hidden: int, intermediate: int, P: int, batch: int, inp
     embedding_bytes = tool.dtype_config.embedding_bits
 
     def embeddings(rows: int) -> float:
-        return tool.get_latency_fwd_input_embedding(rows, positions, dtype_bytes=embedding_bytes) + tool.get_latency_fwd_output_embedding_loss(rows, positions)
+        return (tool.get_latency_fwd_input_embedding(rows, positions, dtype_bytes=embedding_bytes)
+                + tool.get_latency_fwd_output_embedding_loss(rows, positions))
 
-    memory = summary["kv_cache_memory_per_gpu"] + summary["weight_memory_per_gpu"] + aggregator * tool.dtype_config.weight_bits / 8 + activations
+    memory = (summary["kv_cache_memory_per_gpu"] + summary["weight_memory_per_gpu"]
+              + aggregator * tool.dtype_config.weight_bits / 8 + activations)
     latency = summary["total_latency"] + aggregator_latency - embeddings(batch * P) + embeddings(batch)
     return memory / GIB, latency
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--llm-analysis-commit", default="", help="the llm-analysis commit this runs against, recorded in the CSV")
+    parser.add_argument("--llm-analysis-commit", default="",
+                        help="the llm-analysis commit this runs against, recorded in the CSV")
     parser.add_argument("--out", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
     rows = []
@@ -78,10 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         for P in P_VALUES:
             for batch in BATCHES:
                 for length in LENGTHS:
-                    memory, latency = released_script_cost(shape.hidden_size, shape.intermediate_size, P, batch, length, length)
-                    rows.append({"size": size, "hidden_size": shape.hidden_size, "intermediate_size": shape.intermediate_size, "P": P,
-                                 "batch": batch, "input_tokens": length, "output_tokens": length, "gpu": GPU,
-                                 "memory_gb": f"{memory:.6f}", "latency_s": f"{latency:.6f}", "llm_analysis_commit": args.llm_analysis_commit})
+                    memory, latency = released_script_cost(shape.hidden_size, shape.intermediate_size, P, batch,
+                                                           length, length)
+                    rows.append({"size": size, "hidden_size": shape.hidden_size,
+                                 "intermediate_size": shape.intermediate_size, "P": P, "batch": batch,
+                                 "input_tokens": length, "output_tokens": length, "gpu": GPU,
+                                 "memory_gb": f"{memory:.6f}", "latency_s": f"{latency:.6f}",
+                                 "llm_analysis_commit": args.llm_analysis_commit})
     with args.out.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -43,7 +43,7 @@ class GenerationTesterMixin:
 
     def check_outputs_per_row(self, output, model, inputs, rows, use_cache):
         """Scores, logits, attentions and hidden states of generate(): one row per returned sequence."""
-        config, (batch, length) = model.config, inputs["input_ids"].shape
+        config, (_, length) = model.config, inputs["input_ids"].shape
         new_tokens = output.sequences.shape[1] - length
         self.assertEqual(len(output.scores), new_tokens)
         self.assertEqual(len(output.logits), new_tokens)
@@ -114,7 +114,8 @@ class GenerationTesterMixin:
     def test_prompt_lookup_decoding_matches_greedy_search(self):
         for model, inputs in self.generative_models(batch_size=1):
             greedy = self.generate(model, inputs, max_new_tokens=4)
-            lookup = self.generate(model, inputs, max_new_tokens=4, prompt_lookup_num_tokens=2, max_matching_ngram_size=1)
+            lookup = self.generate(model, inputs, max_new_tokens=4, prompt_lookup_num_tokens=2,
+                                   max_matching_ngram_size=1)
             self.assertTrue(torch.equal(greedy, lookup))
 
     def test_assisted_decoding_sample(self):
@@ -148,7 +149,8 @@ class GenerationTesterMixin:
         for model, inputs in self.generative_models():
             at_once = self.generate(model, inputs, max_new_tokens=6)
             first = self.generate(model, inputs, max_new_tokens=3, return_dict_in_generate=True)
-            mask = torch.cat([inputs["attention_mask"], torch.ones_like(first.sequences[:, inputs["input_ids"].shape[1] :])], dim=1)
+            mask = torch.cat([inputs["attention_mask"],
+                              torch.ones_like(first.sequences[:, inputs["input_ids"].shape[1] :])], dim=1)
             continued = self.generate(
                 model, {"input_ids": first.sequences, "attention_mask": mask}, cache=first.cache, max_new_tokens=3
             )
@@ -160,7 +162,8 @@ class GenerationTesterMixin:
                 cache = model(**inputs, use_cache=True).cache
             config = model.config
             head_dim = config.hidden_size // config.num_attention_heads
-            expected = (*inputs["input_ids"].shape[:1], config.num_key_value_heads, inputs["input_ids"].shape[1], head_dim)
+            expected = (*inputs["input_ids"].shape[:1], config.num_key_value_heads,
+                        inputs["input_ids"].shape[1], head_dim)
             self.assertEqual(len(cache.layers), config.num_hidden_layers)
             for layer in cache.layers:
                 self.assertEqual(layer.keys.shape, expected)
@@ -173,7 +176,8 @@ class GenerationTesterMixin:
             self.assertIsInstance(static.cache, StaticCache)
             self.assertTrue(torch.equal(dynamic, static.sequences))
             sampled = {
-                implementation: self.generate(model, inputs, do_sample=True, seed=0, cache_implementation=implementation)
+                implementation: self.generate(model, inputs, do_sample=True, seed=0,
+                                              cache_implementation=implementation)
                 for implementation in (None, "static")
             }
             self.assertTrue(torch.equal(sampled[None], sampled["static"]))

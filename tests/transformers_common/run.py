@@ -114,18 +114,24 @@ def read_outcomes(junit: Path) -> dict[str, dict[str, dict]]:
                 outcome, detail = "failed", (child.get("message") or child.text or "").strip()
             elif child.tag == "skipped":
                 outcome, detail = "skipped", (child.get("message") or "").strip()
-        outcomes.setdefault(case.get("name"), {})[label] = {"outcome": outcome, "detail": detail.splitlines()[0][:200] if detail else ""}
+        outcomes.setdefault(case.get("name"), {})[label] = {"outcome": outcome,
+                                                            "detail": detail.splitlines()[0][:200] if detail else ""}
     return outcomes
 
 
 def markdown_report(outcomes, sources, version) -> str:
     labels = list(CLASSES.values())
-    counts = {label: Counter(result[label]["outcome"] for result in outcomes.values() if label in result) for label in labels}
-    lines = [f"transformers {version} common model tests (sources: " + "; ".join(f"{k} from {v}" for k, v in sources.items()) + ")", ""]
+    counts = {label: Counter(result[label]["outcome"] for result in outcomes.values() if label in result)
+              for label in labels}
+    lines = [f"transformers {version} common model tests (sources: "
+             + "; ".join(f"{k} from {v}" for k, v in sources.items()) + ")", ""]
     lines += ["| model | passed | failed | skipped |", "|---|---|---|---|"]
-    lines += [f"| {label} | {counts[label]['passed']} | {counts[label]['failed']} | {counts[label]['skipped']} |" for label in labels]
-    differing = {name: result for name, result in sorted(outcomes.items()) if len({r["outcome"] for r in result.values()}) > 1}
-    lines += ["", "Tests whose outcome differs between the three:", "", "| test | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    lines += [f"| {label} | {counts[label]['passed']} | {counts[label]['failed']} | {counts[label]['skipped']} |"
+              for label in labels]
+    differing = {name: result for name, result in sorted(outcomes.items())
+                 if len({r["outcome"] for r in result.values()}) > 1}
+    lines += ["", "Tests whose outcome differs between the three:", "", "| test | " + " | ".join(labels) + " |",
+              "|---|" + "---|" * len(labels)]
     for name, result in differing.items():
         cells = []
         for label in labels:
@@ -133,17 +139,21 @@ def markdown_report(outcomes, sources, version) -> str:
             detail = f": {entry['detail']}" if entry["outcome"] == "failed" and entry["detail"] else ""
             cells.append((entry["outcome"] + detail).replace("|", "\\|"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    failing_everywhere = [name for name, result in sorted(outcomes.items()) if all(r["outcome"] == "failed" for r in result.values())]
+    failing_everywhere = [name for name, result in sorted(outcomes.items())
+                          if all(r["outcome"] == "failed" for r in result.values())]
     if failing_everywhere:
         lines += ["", "Failing for all three: " + ", ".join(failing_everywhere)]
     reasons = Counter(r["detail"] for result in outcomes.values() for r in result.values() if r["outcome"] == "skipped")
-    lines += ["", "Skip reasons (tests x models):", ""] + [f"- {count} x {reason or '(none given)'}" for reason, count in reasons.most_common()]
+    lines += ["", "Skip reasons (tests x models):", ""] + [
+        f"- {count} x {reason or '(none given)'}" for reason, count in reasons.most_common()
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sdist", type=Path, help="a transformers source distribution (default: download the installed version's)")
+    parser.add_argument("--sdist", type=Path,
+                        help="a transformers source distribution (default: download the installed version's)")
     parser.add_argument("--report", type=Path, help="write the Markdown report here (it is printed either way)")
     parser.add_argument("--json", type=Path, help="write every test's outcome per model here")
     parser.add_argument("-k", dest="selection", help="pytest -k expression selecting tests")
