@@ -7,7 +7,7 @@
   exactly 0 when the aggregator's weights do not reach the output.
 
 It does not say that P streams beat a P = 1 model: at small scale much of that difference comes from the prefix
-slots alone, which every stream has (README, "What the tiny grid shows").
+slots alone, which every stream has (docs/findings.md, the tiny grid from scratch).
 """
 
 from contextlib import contextmanager

@@ -1,5 +1,5 @@
 """The memory and time of one training cell, predicted before it runs: what the launcher plans each cell with
-(sweeps/planner.py), what the README's plan table shows, and what the GPU check (sweeps/gpu_check.py)
+(sweeps/planner.py), what the plan table in docs/sweeps.md shows, and what the GPU check (sweeps/gpu_check.py)
 measures against.
 
 Memory per process (bytes; N = all parameters, W = processes, layout as in sweeps/parallelize.py):

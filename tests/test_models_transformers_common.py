@@ -1,6 +1,6 @@
 """The runner of transformers' common model tests (tests/transformers_common/run.py, `make
 transformers-tests`): how it assembles the test package from a source distribution, and how it reads and
-reports pytest's outcomes. The run itself takes minutes and downloads the sdist; its report is in the README."""
+reports pytest's outcomes. The run itself takes minutes and downloads the sdist; its report is in docs/model.md."""
 
 import io
 import tarfile
