@@ -27,11 +27,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# The measurement scripts of benchmarks/ (each prints ratios measured side by side in one run; docs/benchmarks.md).
 bench: $(STAMP)
-	$(PY) -m parscale_law.benchmark
-	$(PY) -m models.benchmark
-	$(PY) -m sweeps.train_benchmark
-	$(PY) -m sweeps.data_benchmark
+	$(PY) -m benchmarks.fit_speed
+	$(PY) -m benchmarks.model_throughput
+	$(PY) -m benchmarks.train_throughput
+	$(PY) -m benchmarks.data_path
 
 # transformers' own common model tests on Qwen2 and the ParScale model at P = 1 and 2 (a few minutes on
 # one core; downloads the installed transformers' source distribution once): writes transformers-common-tests.md.

@@ -68,6 +68,7 @@ import pandas as pd
 from models import parscale_config
 from models.sizes import PAPER_SIZES, TINY_SIZES
 from parscale_law import load_published
+from parscale_law.errors import report_error
 
 from .gpus import PAPER_GPU, GPUSpec, get_gpu, gpu_names
 
@@ -411,8 +412,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"(prefill {cost.prefill_s * 1e3:.1f} ms + decode {cost.decode_s * 1e3:.1f} ms)"
                 )
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_error(error)
     return 0
 
 

@@ -33,6 +33,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from parscale_law import DATASETS, FitResult, bootstrap, fit, heldout_checks, load_published, prepare, read_results
+from parscale_law.errors import report_error
 
 from . import cost, tables
 from .equivalence import (
@@ -462,8 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         written = draw_all(table, args.out, formats, args.bootstrap, args.seed, args.dataset,
                            args.cost_sizes.split(","), args.gpu)
     except ValueError as error:  # bad table, unknown data set or size: one line, what to change
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_error(error)
     for path in written:
         print(f"wrote {path}")
     return 0

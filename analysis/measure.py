@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from models import Qwen2ParScaleForCausalLM, parscale_config
+from parscale_law.errors import report_error
 
 from .cost import GIB, ModelShape, inference_cost
 from .gpus import GPUSpec
@@ -199,8 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             args.input_tokens, args.output_tokens, args.device, args.repeats, **overrides,
         )
     except ValueError as error:  # unknown size, bad P: one line, what to change
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_error(error)
     args.out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out / "measured.csv", index=False)
     plot(frame).savefig(args.out / "measured_vs_modelled.png", dpi=SAVE_DPI)

@@ -29,6 +29,7 @@ import pandas as pd
 from matplotlib.ticker import FormatStrFormatter
 
 from parscale_law import DATASETS, BootstrapResult, FitResult, ParScaleLaw, bootstrap, fit, load_published, read_results
+from parscale_law.errors import report_error
 
 from . import cost
 from .gpus import GPUSpec, get_gpu, gpu_names
@@ -317,8 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.figure:
             frontier_figure(the_plan, result, boot).savefig(args.figure, dpi=SAVE_DPI)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_error(error)
     if args.json:
         print(the_plan.to_json())
     else:

@@ -70,7 +70,7 @@ TINY_SIZES: dict[str, BackboneShape] = by_name(
 )
 
 # The small family (`scale=small`, not in the paper): the tiny family's shapes from tiny-128's width up to
-# 1.6x it. The tiny grid's search found P helping at every P only at width 128 (sweeps/tiny_search_trials.csv);
+# 1.6x it. The tiny grid's search found P helping at every P only at width 128 (experiments/tiny_search_trials.csv);
 # these widths keep the same depth, heads and byte vocabulary so that only N changes.
 SMALL_SIZES: dict[str, BackboneShape] = by_name(
     BackboneShape("small-128", 128, 688),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import pandas as pd
 
 from .bootstrap import bootstrap
 from .compare import compare_forms
+from .errors import report_error
 from .fit import METHODS, fit
 from .forms import FORMS
 from .holdout import STANDARD_SPLITS, holdout
@@ -72,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 frame = compare_forms(table, dataset=name, split=args.split).drop(columns="params")
                 print(f"\n{name or 'table'}:\n{frame.to_string(index=False, float_format=lambda v: f'{v:.6g}')}")
     except ValueError as error:  # our InvalidTableError / UnknownNameError and friends
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_error(error)
     return 0
 
 

@@ -1,4 +1,8 @@
-"""Errors the fitter raises on bad input. Each subclasses ValueError so callers can catch either."""
+"""Errors the fitter raises on bad input (each subclasses ValueError so callers can catch either), and how every
+command of the toolkit reports an error its user can fix: one line, exit status 2."""
+
+import functools
+import sys
 
 
 class InvalidTableError(ValueError):
@@ -7,3 +11,27 @@ class InvalidTableError(ValueError):
 
 class UnknownNameError(ValueError):
     """An unknown data set, form, method or split name; the message lists the known ones."""
+
+
+def report_error(error: Exception) -> int:
+    """What every command does with an error its user can fix: `error: <message>` on stderr, exit status 2."""
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+
+
+def exits_on(*kinds: type[Exception]):
+    """Decorates a command's `main(argv) -> int`: an error of `kinds` (ValueError, whose subclasses all our
+    errors are, by default) ends it through `report_error` instead of a traceback."""
+    kinds = kinds or (ValueError,)
+
+    def decorate(main):
+        @functools.wraps(main)
+        def guarded(*args, **kwargs):
+            try:
+                return main(*args, **kwargs)
+            except kinds as error:
+                return report_error(error)
+
+        return guarded
+
+    return decorate

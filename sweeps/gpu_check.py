@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 from models.sizes import PAPER_P_VALUES, PAPER_SIZES, TINY_SIZES
-
-from . import distributed, resources
-from .build import build_optimizer, build_trained, model_config
-from .config import load_config
-from .planner import Hardware, plan_cell
+from sweeps.grid import resources
+from sweeps.grid.resource_plan import Hardware, plan_resources
+from sweeps.run import distributed
+from sweeps.run.build import build_optimizer, build_trained, model_config
+from sweeps.run.config import load_config
 
 STEPS = 3
 
@@ -46,7 +46,7 @@ def train_cell(size: str, parscale_n: int, hardware: Hardware, env, seq_len: int
                out: Path, qwen2: bool = False) -> dict:
     """Three optimiser steps of one cell at its planned micro-batch on this device."""
     config = cell_config(size, parscale_n, seq_len, out / "runs" / f"{size}-P{parscale_n}", tiny)
-    plan = plan_cell(f"{size}-P{parscale_n}", config, hardware)
+    plan = plan_resources(f"{size}-P{parscale_n}", config, hardware)
     config.micro_batch_size = plan.micro_batch_size
     config.activation_checkpointing = plan.activation_checkpointing
     shape = resources.shape_of(size, parscale_n)
@@ -109,7 +109,7 @@ def decode_rows(env, tiny: bool) -> list[dict]:
     from dataclasses import asdict
 
     from models import Qwen2ParScaleForCausalLM, parscale_config
-    from models.decode_benchmark import MODES, measure_decoding
+    from models.decode_timing import MODES, measure_decoding
 
     size = "tiny-128" if tiny else "1.6B"
     rows = []

@@ -4,7 +4,7 @@
 conf/launch.yaml composes a training run's config (conf/config.yaml) with a scale (conf/scale: `paper`,
 the paper's sizes on SLURM; `tiny`, the same grid shape on this machine) and a grid (conf/grid: `pile`,
 `stack`), whose sweeper parameters take the sizes, P values, seeds and data set from the scale. The
-launcher (conf/hydra/launcher, see sweeps/launchers.py) plans and runs the cells; sweeps/report.py then
+launcher (conf/hydra/launcher, see sweeps/grid/slurm_launcher.py) plans and runs the cells; sweeps/report.py then
 collects, fits and draws."""
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from .cells import cell_config
-from .config import CONF_DIR, ConfigError, _one_line, check_group_choices
-from .run_cell import requeue_slurm_job, run_cell
+from sweeps.errors import ConfigError, one_line
+from sweeps.grid.cells import cell_config
+from sweeps.grid.run_cell import requeue_slurm_job, run_cell
+from sweeps.run.config import CONF_DIR, check_group_choices
 
 
 def check_choices(arguments: list[str]) -> None:
@@ -45,7 +46,7 @@ def check_choices(arguments: list[str]) -> None:
         sweep = {key: str(value) for key, value in cfg.hydra.sweeper.params.items()}
         check_group_choices([f"{key}={value}" for key, value in sweep.items()])
     except (HydraException, OmegaConfBaseException, ConfigError) as error:
-        raise SystemExit(f"error: {_one_line(error)}") from None
+        raise SystemExit(f"error: {one_line(error)}") from None
 
 
 # An absolute path: a relative one would be resolved as a Python package when this module is imported.

@@ -10,7 +10,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .cells import STATES, sweep_cells
+from parscale_law.errors import exits_on
+from sweeps.grid.cells import STATES, sweep_cells
 
 
 def format_cells(cells) -> str:
@@ -36,14 +37,13 @@ def format_cells(cells) -> str:
     return "\n".join(lines)
 
 
+@exits_on(ValueError)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sweeps.status", description=__doc__)
     parser.add_argument("sweep_dir", type=Path)
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
-        print(f"error: {args.sweep_dir} is not a directory; pass the sweep directory the launcher printed",
-              file=sys.stderr)
-        return 2
+        raise ValueError(f"{args.sweep_dir} is not a directory; pass the sweep directory the launcher printed")
     print(format_cells(sweep_cells(args.sweep_dir)))
     return 0
 

@@ -3,7 +3,7 @@ fast tokenizer (no hub download), and the data config of a local JSON-lines corp
 
 from pathlib import Path
 
-from sweeps.config import DataConfig
+from sweeps.data.config import DataConfig
 
 from train_helpers import WORDS
 

@@ -212,7 +212,7 @@ def test_unfinished_runs_are_left_out_of_holdout_and_rollout():
 
 @pytest.mark.parametrize("k, verdict", [(0.3, "streams help"), (-0.05, "streams hurt")])
 def test_the_sweep_summary_says_whether_streams_help(capsys, k, verdict):
-    from sweeps.report import _print_summary
+    from sweeps.grid.report import _print_summary
 
     table = simulate(ParScaleLaw(E=1.5, A=2e4, alpha=0.4, k=k), N=np.geomspace(4e4, 6.4e5, 6), noise=0.001,
                      seeds=2, seed=0)

@@ -94,7 +94,7 @@ def test_compare_forms_prefers_the_papers_log_form():
 
 
 def test_benchmark_command_reports_speed_up_and_objectives(capsys):
-    from parscale_law.benchmark import main as benchmark
+    from benchmarks.fit_speed import main as benchmark
 
     benchmark(["--repeats", "1", "--resamples", "4", "--simulations", "1", "--coverage-resamples", "3"])
     out = capsys.readouterr().out

@@ -2,7 +2,7 @@
 
 import pytest
 
-from models.benchmark import Shape, benchmark_shape, format_table
+from benchmarks.model_throughput import Shape, benchmark_shape, format_table
 
 
 def test_benchmark_rows_compare_qwen2_and_each_p():

@@ -70,7 +70,7 @@ def test_beam_search_with_reordered_cache_equals_uncached(model_tiny):
 
 def compile_config():
     """The decode step compiled as one graph, also on a CPU; aot_eager traces as inductor does, without its
-    slow C++ code generation (models.decode_benchmark times inductor itself)."""
+    slow C++ code generation (benchmarks/decoding.py times inductor itself)."""
     config = CompileConfig(fullgraph=True, dynamic=False, backend="aot_eager")
     config._compile_all_devices = True
     return config

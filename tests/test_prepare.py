@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from sweeps.config import ConfigError
-from sweeps.data import StreamedRows, eval_batch, training_batches
-from sweeps.documents import PreparedTokenizer, PretrainedTokenizer, load_tokenizer, open_documents
+from sweeps.data.batches import StreamedRows, eval_batch, training_batches
+from sweeps.data.documents import PreparedTokenizer, PretrainedTokenizer, load_tokenizer, open_documents
+from sweeps.data.preparation import prepare
+from sweeps.data.prepared import MANIFEST, check_prepared, open_split, read_manifest
+from sweeps.errors import ConfigError
 from sweeps.prepare import main as prepare_main
-from sweeps.prepare import prepare
-from sweeps.prepared import MANIFEST, check_prepared, open_split, read_manifest
-from sweeps.train import train
+from sweeps.run.loop import train
 
 from data_helpers import bpe_tokenizer, jsonl_data
 from train_helpers import tiny_config, write_corpus

@@ -1,7 +1,7 @@
 """The guard of the tiny grid: at the demo's settings the trained streams matter, and the check says so only
 when they are connected.
 
-Why not "P = 4 below P = 1": the search (sweeps/tiny_search_trials.csv) found that at these sizes most of
+Why not "P = 4 below P = 1": the search (experiments/tiny_search_trials.csv) found that at these sizes most of
 what P gains over P = 1 comes from the prefix slots alone. With the prefixes zeroed and frozen, so that every
 stream computes the same thing, P = 4 still beat P = 1 at tiny-128 by 0.034 (two seeds) and by 0.21 at half
 the budget, so a P-against-P = 1 test would pass with the streams disconnected. The ablation below cannot:
@@ -14,7 +14,7 @@ aggregator gain 0.0018, 0.0039, 0.0037. The threshold is half the smallest of th
 import pytest
 import torch
 
-from sweeps.tiny_search import run_cell
+from experiments.tiny_search import run_cell
 
 torch.set_num_threads(1)
 

@@ -151,7 +151,7 @@ def test_a_killed_worker_is_started_again_and_resumes_from_its_checkpoint(tmp_pa
     while not list((cell / "checkpoints").glob("step-*/meta.json")):
         assert process.poll() is None and time.monotonic() < deadline, "the cell ended before it could be killed"
         time.sleep(0.1)
-    worker = subprocess.run(["pgrep", "-f", "sweeps.run_cell .*tiny-96-P1-s0"], capture_output=True, text=True)
+    worker = subprocess.run(["pgrep", "-f", "sweeps.grid.run_cell .*tiny-96-P1-s0"], capture_output=True, text=True)
     subprocess.run(["kill", "-9", *worker.stdout.split()], check=True)  # no Python error, no goodbye
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 0, output[-3000:]

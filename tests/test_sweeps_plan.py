@@ -1,5 +1,5 @@
-"""The plan of the paper's grid (sweeps/planner.py on sweeps/resources.py): composed and planned on CPU for all
-24 cells of both data sets without SLURM (the models counted on the meta device, nothing allocated), fitting
+"""The plan of the paper's grid (sweeps/grid/resource_plan.py on sweeps/grid/resources.py): composed and planned on
+CPU for all 24 cells of both data sets without SLURM (the models counted on the meta device, nothing allocated), fitting
 the common GPUs; one line for a cell that cannot fit; and the memory model against measured memory."""
 
 import dataclasses
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweeps import resources
-from sweeps.config import load_config
-from sweeps.planner import Hardware, PlanError, plan_cell
+from sweeps.grid import resources
+from sweeps.grid.resource_plan import Hardware, ResourcePlanError, plan_resources
+from sweeps.run.config import load_config
 
 REQUIRED = {"size", "P", "micro_batch_size", "accumulation", "activation_checkpointing", "gpus", "predicted_peak_gb",
             "gpu_mem_gb", "gpu_hours"}
@@ -102,20 +102,21 @@ def hardware(gpu: str, **changes) -> Hardware:
 def test_every_paper_cell_fits_the_common_gpus(tmp_path, gpu):
     for size in ("0.5B", "0.7B", "1.1B", "1.6B", "2.8B", "4.4B"):
         for parscale_n in (1, 2, 4, 8):
-            plan = plan_cell(f"{size}-P{parscale_n}", paper_cell(tmp_path, size, parscale_n), hardware(gpu))
+            plan = plan_resources(f"{size}-P{parscale_n}", paper_cell(tmp_path, size, parscale_n), hardware(gpu))
             assert plan.predicted_peak_gb <= plan.gpu_mem_gb
 
 
 def test_activation_checkpointing_only_where_needed_and_gpus_from_the_cost(tmp_path):
-    small = plan_cell("0.5B-P1", paper_cell(tmp_path, "0.5B", 1), hardware("H200-141GB"))
-    large = plan_cell("4.4B-P8", paper_cell(tmp_path, "4.4B", 8), hardware("A100-40GB"))
+    small = plan_resources("0.5B-P1", paper_cell(tmp_path, "0.5B", 1), hardware("H200-141GB"))
+    large = plan_resources("4.4B-P8", paper_cell(tmp_path, "4.4B", 8), hardware("A100-40GB"))
     assert not small.activation_checkpointing and large.activation_checkpointing
     assert small.gpus < large.gpus and small.wall_hours <= 72
     # The same cell on one GPU at most: it still fits (checkpointing, micro-batch 1 at worst) but takes longer.
-    alone = plan_cell("0.5B-P1", paper_cell(tmp_path, "0.5B", 1), hardware("H200-141GB", gpus_per_node=1, max_nodes=1))
+    one_gpu = hardware("H200-141GB", gpus_per_node=1, max_nodes=1)
+    alone = plan_resources("0.5B-P1", paper_cell(tmp_path, "0.5B", 1), one_gpu)
     assert alone.gpus == 1 and alone.wall_hours > small.wall_hours
-    with pytest.raises(PlanError, match="4.4B-P8 does not fit"):
-        plan_cell("4.4B-P8", paper_cell(tmp_path, "4.4B", 8), hardware("A100-40GB", max_nodes=1, gpus_per_node=1))
+    with pytest.raises(ResourcePlanError, match="4.4B-P8 does not fit"):
+        plan_resources("4.4B-P8", paper_cell(tmp_path, "4.4B", 8), hardware("A100-40GB", max_nodes=1, gpus_per_node=1))
 
 
 def test_flops_per_token_follow_the_paper_and_p_streams_cost_p_times_the_backbone():
@@ -136,7 +137,7 @@ def test_memory_model_matches_a_measured_forward_and_backward_at_a_real_width(pa
     from torch.distributed._tools.mem_tracker import MemTracker
 
     from models import Qwen2ParScaleForCausalLM, parscale_config
-    from sweeps.loss import CausalLMLoss
+    from sweeps.run.loss import CausalLMLoss
 
     torch.manual_seed(0)
     changes = (("num_hidden_layers", 2), ("vocab_size", vocab_size))
@@ -159,10 +160,10 @@ def test_memory_model_matches_a_measured_forward_and_backward_at_a_real_width(pa
 
 
 def test_the_signal_delay_covers_the_longest_save_the_cell_measured(tmp_path):
-    before = plan_cell("1.6B-P4", paper_cell(tmp_path, "1.6B", 4), hardware("H100-80GB"))
+    before = plan_resources("1.6B-P4", paper_cell(tmp_path, "1.6B", 4), hardware("H100-80GB"))
     measured = tmp_path / "checkpoints" / "step-00000500"
     measured.mkdir(parents=True)
     (measured / "meta.json").write_text(json.dumps({"step": 500, "save_s": 1000.0}))
-    after = plan_cell("1.6B-P4", paper_cell(tmp_path, "1.6B", 4), hardware("H100-80GB"))
+    after = plan_resources("1.6B-P4", paper_cell(tmp_path, "1.6B", 4), hardware("H100-80GB"))
     assert before.checkpoint_s < 1000 and after.checkpoint_s == 1500.0
     assert after.signal_delay_s >= before.signal_delay_s + 1500 - before.checkpoint_s - 1

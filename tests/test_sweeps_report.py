@@ -3,7 +3,7 @@
 import pandas as pd
 
 from parscale_law import ParScaleLaw, bootstrap
-from sweeps.report import _print_summary, paired_effects
+from sweeps.grid.report import _print_summary, paired_effects
 
 LAW = ParScaleLaw(E=1.5, A=2.0e4, alpha=0.4, k=0.3)
 SIZES = {"small": 40_000, "medium": 160_000, "large": 640_000}

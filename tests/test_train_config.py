@@ -3,8 +3,9 @@ different run is refused; the Hydra app prints just that line and exits non-zero
 
 import pytest
 
-from sweeps.config import ConfigError, load_config, run_id
-from sweeps.train import train
+from sweeps.errors import ConfigError
+from sweeps.run.config import load_config, run_id
+from sweeps.run.loop import train
 
 from train_helpers import run_app, tiny_config, tiny_overrides
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from sweeps import documents as documents_module
-from sweeps.config import DataConfig
-from sweeps.data import DataError, PreparedRows, StreamedRows, eval_batch, prepared_directory, training_batches
-from sweeps.documents import ByteTokenizer, PretrainedTokenizer, open_documents, split_of, stdlib_docstrings
-from sweeps.prepared import RowOrder, open_split, read_manifest
+from sweeps.data import documents as documents_module
+from sweeps.data.batches import DataError, PreparedRows, StreamedRows, eval_batch, prepared_directory, training_batches
+from sweeps.data.config import DataConfig
+from sweeps.data.documents import ByteTokenizer, PretrainedTokenizer, open_documents, split_of, stdlib_docstrings
+from sweeps.data.prepared import RowOrder, open_split, read_manifest
 
 from data_helpers import jsonl_data
 from train_helpers import WORDS, write_corpus

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from sweeps.checkpoint import latest_checkpoint
-from sweeps.tracking import read_metrics
-from sweeps.train import train
+from sweeps.run.checkpoint import latest_checkpoint
+from sweeps.run.loop import train
+from sweeps.run.tracking import read_metrics
 
 from train_helpers import REPO, child_env, tiny_config, tiny_overrides
 

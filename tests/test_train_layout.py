@@ -1,4 +1,4 @@
-"""How a run lays the model out (sweeps/parallelize.py) and computes its loss (sweeps/loss.py): the chunked
+"""How a run lays the model out (sweeps/run/parallelize.py) and computes its loss (sweeps/run/loss.py): the chunked
 loss is transformers' loss, the meta-device model materialises with the model's own initialisation, the
 same for any seed-equal run, bf16 is FSDP2's mixed precision, and compiled blocks train like eager ones."""
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from models import Qwen2ParScaleForCausalLM, parscale_config
-from sweeps import distributed
-from sweeps.build import build_trained, model_config
-from sweeps.loss import CausalLMLoss
-from sweeps.train import train
+from sweeps.run import distributed
+from sweeps.run.build import build_trained, model_config
+from sweeps.run.loop import train
+from sweeps.run.loss import CausalLMLoss
 
 import train_helpers  # noqa: F401  (one torch thread)
 from train_helpers import tiny_config

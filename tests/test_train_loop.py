@@ -15,10 +15,11 @@ import torch
 from safetensors.torch import load_file
 
 from parscale_law.table import RESULT_COLUMNS, read_results, write_results
-from sweeps.checkpoint import latest_checkpoint, read_meta
-from sweeps.config import ConfigError, run_id
-from sweeps.tracking import read_metrics
-from sweeps.train import train
+from sweeps.errors import ConfigError
+from sweeps.run.checkpoint import latest_checkpoint, read_meta
+from sweeps.run.config import run_id
+from sweeps.run.loop import train
+from sweeps.run.tracking import read_metrics
 
 from train_helpers import REPO, child_env, corpus_overrides, tiny_config, tiny_overrides, write_corpus
 
@@ -181,8 +182,8 @@ def test_activation_checkpointing_keeps_the_numbers_and_bf16_stays_close(tmp_pat
 
 
 def test_parscale_parameters_get_their_own_learning_rate_and_decay(tmp_path):
-    from sweeps.build import build_optimizer, build_trained, model_config
-    from sweeps.distributed import Environment
+    from sweeps.run.build import build_optimizer, build_trained, model_config
+    from sweeps.run.distributed import Environment
 
     config = tiny_config(tmp_path / "run", 5, "parscale_n=2", "optim.parscale_lr_scale=4",
                          "optim.parscale_weight_decay=0")
@@ -199,8 +200,8 @@ def test_parscale_parameters_get_their_own_learning_rate_and_decay(tmp_path):
 
 
 def test_checkpoints_keep_the_newest_and_an_interrupted_save_never_replaces_a_good_one(tmp_path):
-    from sweeps.checkpoint import Checkpointer, complete_checkpoints
-    from sweeps.distributed import Environment
+    from sweeps.run.checkpoint import Checkpointer, complete_checkpoints
+    from sweeps.run.distributed import Environment
 
     env = Environment(0, 1, 0, torch.device("cpu"))
     checkpointer = Checkpointer(tmp_path, env, keep=2)

@@ -1,4 +1,4 @@
-"""Two-stage training of one run (sweeps/stages.py): a P = 1 stage 2 is exactly the continuation of its stage
+"""Two-stage training of one run (sweeps/run/stages.py): a P = 1 stage 2 is exactly the continuation of its stage
 1, streams added in stage 2 start sanely and measured, frozen backbones stay put, a preempted stage 2
 resumes exactly, and settings that cannot train are refused in one line."""
 
@@ -12,10 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sweeps.config import ConfigError, OptimConfig
-from sweeps.stages import branch_dir
-from sweeps.tracking import read_metrics
-from sweeps.train import learning_rate, train
+from sweeps.errors import ConfigError
+from sweeps.run.config import OptimConfig
+from sweeps.run.loop import learning_rate, train
+from sweeps.run.stages import branch_dir
+from sweeps.run.tracking import read_metrics
 
 from train_helpers import REPO, child_env, corpus_overrides, tiny_config, tiny_overrides, write_corpus
 

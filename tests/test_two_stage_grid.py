@@ -1,4 +1,4 @@
-"""Two-stage grids on this machine (sweeps/two_stage.py, the local launcher): one setting makes the stage-1
+"""Two-stage grids on this machine (sweeps/grid/two_stage.py, the local launcher): one setting makes the stage-1
 cells, stage 2 starts only from a stage-1 checkpoint, the results table and the fits are per stage-2 fraction,
 a failed stage 1 blocks its stage-2 cells, and the dry run prices both stages against from scratch. Runs real
 training subprocesses (a few seconds per cell)."""
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from parscale_law import read_results
-from sweeps.stages import branch_dir
+from sweeps.run.stages import branch_dir
 
 from test_sweeps_local import FAST, launch, run_module
 

@@ -13,12 +13,12 @@ import time
 
 import pytest
 
-from sweeps.collect import collect_wandb, collect_wandb_files, rows_from_wandb
 from sweeps.collect import main as collect_main
-from sweeps.config import WandbConfig, run_id
-from sweeps.tracking import MetricsLog, WandbLogger, read_metrics
-from sweeps.train import train
-from sweeps.wandb_files import read_runs
+from sweeps.grid.collect import collect_wandb, collect_wandb_files, rows_from_wandb
+from sweeps.run.config import WandbConfig, run_id
+from sweeps.run.loop import train
+from sweeps.run.tracking import MetricsLog, WandbLogger, read_metrics
+from sweeps.run.wandb_files import read_runs
 
 from train_helpers import REPO, child_env, tiny_config, tiny_overrides
 

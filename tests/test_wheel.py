@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-IMPORTED = ("sweeps", "sweeps.config", "parscale_law", "models", "analysis", "conf", "hydra_plugins.parscale_sweeps")
+IMPORTED = ("sweeps", "sweeps.run.config", "sweeps.grid.resources", "parscale_law", "models", "analysis", "conf",
+            "hydra_plugins.parscale_sweeps")
 
 
 def run_python(arguments: list[str], cwd: Path, env: dict | None = None) -> str:
@@ -56,8 +57,8 @@ def test_the_wheel_runs_from_an_empty_directory(tmp_path):
 
     found = json.loads(run_python(["-c", f"""
 import importlib, json
-from sweeps.config import CONF_DIR
-from sweeps.tracking import git_revision
+from sweeps.run.config import CONF_DIR
+from sweeps.run.tracking import git_revision
 print(json.dumps({{"files": {{name: importlib.import_module(name).__file__ for name in {IMPORTED!r}}},
                   "conf_dir": str(CONF_DIR), "revision": git_revision()}}))
 """], cwd=empty, env=env))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from sweeps.config import load_config
+from sweeps.run.config import load_config
 
 # One thread: on a shared 2-core machine, torch's default thread pool spins against other processes and a
 # tiny step slows down a hundredfold. The numbers do not depend on the thread count.

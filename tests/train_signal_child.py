@@ -21,6 +21,6 @@ def requeue_handler(signum, frame):
 signal.signal(signal.SIGUSR2, requeue_handler)
 sys.argv = ["sweeps.train", *overrides]
 
-from sweeps.train import main  # noqa: E402  (the handler must be installed before training starts)
+from sweeps.train import main  # noqa: E402  (the handler must be installed before training starts
 
 main()
