@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from sweeps.errors import ConfigError
 from sweeps.run.config import OptimConfig
-from sweeps.run.loop import learning_rate, train
+from sweeps.run.loop import train
+from sweeps.run.schedule import learning_rate
 from sweeps.run.stages import branch_dir
 from sweeps.run.tracking import read_metrics
 

@@ -3,8 +3,8 @@
 conf/config.yaml composes it from the groups conf/model (the backbone, owned by `models`), conf/data and
 conf/optim plus run-level keys; `load_config(["model=tiny-128", "parscale_n=2", "run_dir=..."])` does the
 same composition from Python. Either way the result is merged onto the dataclasses below, so a misspelt
-key or a wrong type fails at once, and `check` refuses values that cannot train, each with a one-line
-`ConfigError` saying what to change."""
+key or a wrong type fails at once, and each settings class's `check` refuses values that cannot train, each
+with a one-line `ConfigError` saying what to change."""
 
 from __future__ import annotations
 
@@ -76,13 +76,14 @@ class OptimConfig:
     parscale_lr_scale: float = 1.0  # the prefixes' and aggregator's learning rate / the backbone's
     parscale_weight_decay: float | None = None  # on the prefixes and aggregator's matrices; None: weight_decay
 
-
-def _check_optim(optim: OptimConfig) -> None:
-    if not 0 <= optim.warmup_fraction < 1 or not 0 < optim.decay_fraction <= 1:
-        raise ConfigError("optim.warmup_fraction must lie in [0, 1) and optim.decay_fraction in (0, 1]")
-    if optim.parscale_lr_scale <= 0:
-        raise ConfigError(f"optim.parscale_lr_scale={optim.parscale_lr_scale} must be positive "
-                          "(1 = the backbone's rate)")
+    def check(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"optim.schedule={self.schedule!r} is unknown; use one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.warmup_fraction < 1 or not 0 < self.decay_fraction <= 1:
+            raise ConfigError("optim.warmup_fraction must lie in [0, 1) and optim.decay_fraction in (0, 1]")
+        if self.parscale_lr_scale <= 0:
+            raise ConfigError(f"optim.parscale_lr_scale={self.parscale_lr_scale} must be positive "
+                              "(1 = the backbone's rate)")
 
 
 @dataclass
@@ -92,6 +93,10 @@ class WandbConfig:
     group: str | None = None  # the grid
     name: str | None = None  # the cell
     init_timeout_s: float = 60.0
+
+    def check(self) -> None:
+        if self.mode not in WANDB_MODES:
+            raise ConfigError(f"wandb.mode={self.mode!r} is unknown; use one of {', '.join(WANDB_MODES)}")
 
 
 @dataclass
@@ -146,65 +151,75 @@ class TrainConfig:
     def peak_lr(self) -> float:
         return self.optim.lr_by_size.get(self.size, self.optim.lr)
 
+    def check(self) -> None:
+        """Refuses, before anything is built, values that cannot train (the model's own fields are checked by
+        `models` when the model config is built)."""
+        self._check_model()
+        self.data.check()
+        self._check_counts()
+        self._check_batches()
+        self._check_choices()
+        self.optim.check()
+        self.wandb.check()
+        self._check_run_settings()
+        try:
+            stages.check(self)
+        except stages.StageError as error:
+            raise ConfigError(str(error)) from None
 
-def _check_model(config: TrainConfig) -> None:
-    """The model mapping and P."""
-    if "name" not in config.model:
-        raise ConfigError("the model mapping has no `name`; compose it with model=<size> (conf/model/*.yaml)")
-    if config.parscale_n < 1:
-        raise ConfigError(f"parscale_n={config.parscale_n}: P must be at least 1 (1 = plain Qwen2); "
-                          "set parscale_n=1, 2, 4 or 8")
-    model_p = config.model.get("parscale_n", config.parscale_n)
-    if model_p != config.parscale_n:
-        raise ConfigError(
-            f"model.parscale_n={model_p} but parscale_n={config.parscale_n}: set P once, with parscale_n={model_p}"
-        )
+    def _check_model(self) -> None:
+        """The model mapping and P."""
+        if "name" not in self.model:
+            raise ConfigError("the model mapping has no `name`; compose it with model=<size> (conf/model/*.yaml)")
+        if self.parscale_n < 1:
+            raise ConfigError(f"parscale_n={self.parscale_n}: P must be at least 1 (1 = plain Qwen2); "
+                              "set parscale_n=1, 2, 4 or 8")
+        model_p = self.model.get("parscale_n", self.parscale_n)
+        if model_p != self.parscale_n:
+            raise ConfigError(
+                f"model.parscale_n={model_p} but parscale_n={self.parscale_n}: set P once, with parscale_n={model_p}"
+            )
 
+    def _check_counts(self) -> None:
+        """Lengths, batch sizes and intervals are at least 1; the seed is not negative."""
+        for key in ("seq_len", "global_batch_size", "micro_batch_size", "eval_sequences", "eval_interval",
+                    "log_interval", "checkpoint_interval", "checkpoints_keep", "loss_chunk_tokens"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be at least 1")
+        if self.seed < 0:
+            raise ConfigError(f"seed={self.seed} must be 0 or more (it seeds numpy's generator too)")
 
-def _check_counts(config: TrainConfig) -> None:
-    """Lengths, batch sizes and intervals are at least 1; the seed is not negative."""
-    for key in ("seq_len", "global_batch_size", "micro_batch_size", "eval_sequences", "eval_interval",
-                "log_interval", "checkpoint_interval", "checkpoints_keep", "loss_chunk_tokens"):
-        if getattr(config, key) < 1:
-            raise ConfigError(f"{key}={getattr(config, key)} must be at least 1")
-    if config.seed < 0:
-        raise ConfigError(f"seed={config.seed} must be 0 or more (it seeds numpy's generator too)")
+    def _check_batches(self) -> None:
+        """Micro batches add up to the global batch, the budget holds a batch, and a row fits the model."""
+        if self.global_batch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"global_batch_size={self.global_batch_size} is not a multiple of micro_batch_size="
+                f"{self.micro_batch_size}; choose a micro batch that divides it"
+            )
+        if self.total_steps < 1:
+            raise ConfigError(
+                f"tokens={self.tokens} is less than one batch (global_batch_size * seq_len = {self.tokens_per_step}); "
+                f"raise tokens to at least {self.tokens_per_step}"
+            )
+        max_positions = self.model.get("max_position_embeddings")
+        if max_positions is not None and self.seq_len > max_positions:
+            raise ConfigError(
+                f"seq_len={self.seq_len} exceeds the model's max_position_embeddings={max_positions}; lower seq_len"
+            )
 
+    def _check_choices(self) -> None:
+        choices = {"precision": (self.precision, PRECISIONS), "strategy": (self.strategy, STRATEGIES),
+                   "attn_implementation": (self.attn_implementation, ATTENTION)}
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{key}={value!r} is unknown; use one of {', '.join(allowed)}")
 
-def _check_batches(config: TrainConfig) -> None:
-    """Micro batches add up to the global batch, the budget holds a batch, and a row fits the model."""
-    if config.global_batch_size % config.micro_batch_size:
-        raise ConfigError(
-            f"global_batch_size={config.global_batch_size} is not a multiple of micro_batch_size="
-            f"{config.micro_batch_size}; choose a micro batch that divides it"
-        )
-    if config.total_steps < 1:
-        raise ConfigError(
-            f"tokens={config.tokens} is less than one batch (global_batch_size * seq_len = {config.tokens_per_step}); "
-            f"raise tokens to at least {config.tokens_per_step}"
-        )
-    max_positions = config.model.get("max_position_embeddings")
-    if max_positions is not None and config.seq_len > max_positions:
-        raise ConfigError(
-            f"seq_len={config.seq_len} exceeds the model's max_position_embeddings={max_positions}; lower seq_len"
-        )
-
-
-def _check_choices(config: TrainConfig) -> None:
-    choices = {"optim.schedule": (config.optim.schedule, SCHEDULES), "precision": (config.precision, PRECISIONS),
-               "strategy": (config.strategy, STRATEGIES), "wandb.mode": (config.wandb.mode, WANDB_MODES),
-               "attn_implementation": (config.attn_implementation, ATTENTION)}
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is unknown; use one of {', '.join(allowed)}")
-
-
-def _check_run_settings(config: TrainConfig) -> None:
-    """Checkpoint timing, the collectives' timeout and the loss smoothing."""
-    if config.checkpoint_interval_min < 0 or config.distributed_timeout_min <= 0:
-        raise ConfigError("checkpoint_interval_min must be >= 0 (0: off) and distributed_timeout_min > 0 (minutes)")
-    if not 0 <= config.loss_smoothing < 1:
-        raise ConfigError(f"loss_smoothing={config.loss_smoothing} must lie in [0, 1)")
+    def _check_run_settings(self) -> None:
+        """Checkpoint timing, the collectives' timeout and the loss smoothing."""
+        if self.checkpoint_interval_min < 0 or self.distributed_timeout_min <= 0:
+            raise ConfigError("checkpoint_interval_min must be >= 0 (0: off) and distributed_timeout_min > 0 (minutes)")
+        if not 0 <= self.loss_smoothing < 1:
+            raise ConfigError(f"loss_smoothing={self.loss_smoothing} must lie in [0, 1)")
 
 
 def from_mapping(mapping) -> TrainConfig:
@@ -218,7 +233,7 @@ def from_mapping(mapping) -> TrainConfig:
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         raise ConfigError(one_line(error)) from None
-    check(config)
+    config.check()
     return config
 
 
@@ -239,20 +254,6 @@ def load_config(overrides: list[str] = ()) -> TrainConfig:
     return from_mapping(cfg)
 
 
-def check(config: TrainConfig) -> None:
-    """Refuses, before anything is built, values that cannot train (the model's own fields are checked by
-    `models` when the model config is built)."""
-    _check_model(config)
-    config.data.check()
-    _check_counts(config)
-    _check_batches(config)
-    _check_choices(config)
-    _check_optim(config.optim)
-    _check_run_settings(config)
-    try:
-        stages.check(config)
-    except stages.StageError as error:
-        raise ConfigError(str(error)) from None
 
 
 def identity(config: TrainConfig) -> dict:

@@ -48,6 +48,16 @@ class Stage2Config:
     warmup_fraction: float = 0.0  # of stage 2's steps: the learning rate rises linearly from 0 to the schedule's
     optimizer_state: str = "carry"  # carry: the backbone's AdamW moments from stage 1; reset: fresh moments
 
+    def check(self) -> None:
+        choices = {"stage2.prefix_init": (self.prefix_init, PREFIX_INITS),
+                   "stage2.aggregator_init": (self.aggregator_init, AGGREGATOR_INITS),
+                   "stage2.optimizer_state": (self.optimizer_state, OPTIMIZER_STATES)}
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise StageError(f"{key}={value!r} is unknown; use one of {', '.join(allowed)}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise StageError(f"stage2.warmup_fraction={self.warmup_fraction} must lie in [0, 1) (of stage 2's steps)")
+
 
 def stage2_steps(total_steps: int, fraction: float) -> int:
     """The steps of a stage 2 that is `fraction` of a run of `total_steps` (0 for one stage)."""
@@ -103,7 +113,7 @@ def check(config) -> None:
     if not 0 <= fraction < 1:
         raise StageError(f"stage2_fraction={fraction} must lie in [0, 1): "
                          "the last fraction of `tokens` that is stage 2")
-    _check_stage2_settings(config.stage2)
+    config.stage2.check()
     if stage == 0:
         _check_one_stage(config)
         return
@@ -154,15 +164,6 @@ def _check_stage2(config) -> None:
         raise StageError("branch_fractions is a stage-1 setting; a stage-2 run has only its stage2_fraction")
 
 
-def _check_stage2_settings(stage2: Stage2Config) -> None:
-    choices = {"stage2.prefix_init": (stage2.prefix_init, PREFIX_INITS),
-               "stage2.aggregator_init": (stage2.aggregator_init, AGGREGATOR_INITS),
-               "stage2.optimizer_state": (stage2.optimizer_state, OPTIMIZER_STATES)}
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise StageError(f"{key}={value!r} is unknown; use one of {', '.join(allowed)}")
-    if not 0 <= stage2.warmup_fraction < 1:
-        raise StageError(f"stage2.warmup_fraction={stage2.warmup_fraction} must lie in [0, 1) (of stage 2's steps)")
 
 
 def check_stage1_run(config) -> None:
