@@ -460,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     formats = [f.strip().lstrip(".") for f in args.format.split(",") if f.strip()]
     try:
         table = read_results(args.results) if args.results else load_published(args.published or "all")
+        if "P" in table.columns and pd.to_numeric(table["P"], errors="coerce").nunique() == 1:
+            raise ValueError("every run has the same P, so the figures of the P effect do not apply; draw a one-P "
+                             "law's figures with python -m analysis.scaling")
         written = draw_all(table, args.out, formats, args.bootstrap, args.seed, args.dataset,
                            args.cost_sizes.split(","), args.gpu)
     except ValueError as error:  # bad table, unknown data set or size: one line, what to change

@@ -11,16 +11,18 @@ from .compare import compare_forms
 from .errors import InvalidTableError, UnknownNameError
 from .fit import METHODS, FitResult, fit, huber_objective
 from .forms import FORMS, Form, custom_form, get_form
-from .holdout import STANDARD_SPLITS, HoldoutResult, heldout_checks, heldout_metrics, holdout, rollout
+from .holdout import STANDARD_SPLITS, HoldoutResult, RolloutResult, heldout_checks, heldout_metrics, holdout, rollout
 from .law import ParScaleLaw
 from .objective import DELTA
-from .published import DATASETS, PAPER_FITS, load_published
+from .optimal import compute_optimal
+from .published import DATASETS, EPOCH_FIT, PAPER_FITS, PUBLISHED, load_chinchilla, load_published
 from .resample import SCHEMES
 from .simulate import simulate
 from .table import RESULT_COLUMNS, prepare, read_results, write_results
 
 __all__ = [
-    "BootstrapResult", "DATASETS", "DELTA", "FORMS", "FitResult", "Form", "HoldoutResult", "InvalidTableError",
+    "BootstrapResult", "DATASETS", "DELTA", "EPOCH_FIT", "PUBLISHED", "RolloutResult", "compute_optimal",
+    "load_chinchilla", "FORMS", "FitResult", "Form", "HoldoutResult", "InvalidTableError",
     "METHODS", "PAPER_FITS", "P_EFFECTS", "ParScaleLaw", "RESULT_COLUMNS", "SCHEMES", "STANDARD_SPLITS",
     "UnknownNameError", "bootstrap", "compare_forms", "custom_form", "fit", "get_form", "heldout_checks",
     "heldout_metrics", "holdout", "huber_objective", "load_published", "prediction_name", "prepare", "read_results",

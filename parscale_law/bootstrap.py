@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InvalidTableError, UnknownNameError
-from .fit import FitResult, check_fixed, fit_data, prepare_for
+from .fit import FitResult, check_fixed, fit_data, held_parameters, prepare_for
 from .forms import Form, SeparableForm, get_form
 from .objective import DELTA
 from .resample import SCHEMES, VarianceComponents, has_replicates, row_counts, simulated_log_loss, variance_components
@@ -78,13 +78,13 @@ class BootstrapResult:
             return {}
         hits = self.samples["at_bound"].fillna("")
         return {name: float(hits.map(lambda names, name=name: name in names.split(",")).mean())
-                for name in self.point.params if name not in self.point.fixed}
+                for name in self.point.params if name not in self.point.fixed and name not in self.point.not_identified}
 
     @property
     def p_effect(self) -> str | None:
         """"helps", "no evidence" or "hurts": whether the interval of k (of the multiplier at the largest P
         for forms without k) lies above, around or below no effect of the streams; None with neither."""
-        if "k" in self.point.params and "k" not in self.point.fixed:
+        if "k" in self.point.params and "k" not in self.point.fixed and "k" not in self.point.not_identified:
             low, high, none = *self.interval("k"), 0.0
         else:
             names = [n for n in self.intervals["name"] if n.startswith("multiplier@P=")]
@@ -152,7 +152,8 @@ def bootstrap(
     if scheme == "cell" and not has_replicates(data):
         raise InvalidTableError("scheme='cell' resamples replicate seeds within each (size, P) cell, "
                                 "and no cell has two; use 'parametric' or 'size'")
-    problem = SeparableProblem(law_form, data, fixed) if isinstance(law_form, SeparableForm) else None
+    held = held_parameters(law_form, data, fixed)
+    problem = SeparableProblem(law_form, data, held) if isinstance(law_form, SeparableForm) else None
     point = fit_data(law_form, data, delta=delta, problem=problem, fixed=fixed)
     at = _prediction_points(predict_at, law_form)
     multiplier_P = np.asarray(multiplier_P, dtype=float)
@@ -163,7 +164,7 @@ def bootstrap(
         if point.status == "failed":
             raise InvalidTableError(f"the fit failed ({point.reason}), so there is no law to simulate from; "
                                     "fix the fit or use scheme='row'")
-        free = [name for name in law_form.param_names if name not in fixed]
+        free = [name for name in law_form.param_names if name not in held]
         components = variance_components(law_form, point.params, data, free, data.weights)
         log_mean = np.log(law_form.predict(point.params, data.N, data.P, data.D))
     residual_noise = point.residuals["log_residual"].to_numpy()
@@ -215,10 +216,10 @@ def prediction_name(point: Sequence[float]) -> str:
 
 
 def _sample_row(result: FitResult, form: Form, multiplier_P, at, jitter) -> dict:
-    row = dict(result.params)
+    row = {name: value for name, value in result.params.items() if name not in result.not_identified}
     if result.A_prime is not None:
         row["A_prime"] = result.A_prime
-    multipliers = form.multiplier(result.params, multiplier_P) if len(multiplier_P) else None
+    multipliers = result.multiplier(multiplier_P) if len(multiplier_P) else None
     if multipliers is not None:
         row.update({f"multiplier@P={P:g}": float(m) for P, m in zip(multiplier_P, multipliers, strict=True)})
     if len(at):

@@ -1,9 +1,11 @@
-"""Command line: ``python -m parscale_law fit ...`` and ``python -m parscale_law compare ...``.
+"""Command line: ``python -m parscale_law fit|optimal|compare ...``.
 
     python -m parscale_law fit --published pile
     python -m parscale_law fit results.csv --dataset pile --bootstrap 1000 --holdout extrapolate-P --json fit.json
     python -m parscale_law fit results.csv --fix E=1.7 --weights weight --bootstrap 1000 --scheme size
     python -m parscale_law fit results.csv --form log-tokens
+    python -m parscale_law fit --published chinchilla --form log-tokens --rollout 20
+    python -m parscale_law optimal --published chinchilla --flops 1e21,1e22,1e23 --bootstrap 200
     python -m parscale_law compare --published stack-v2-python
 
 Bad input prints one line on stderr and exits with status 2, writing no output file.
@@ -23,8 +25,9 @@ from .compare import compare_forms
 from .errors import report_error
 from .fit import METHODS, fit
 from .forms import FORMS
-from .holdout import STANDARD_SPLITS, holdout
-from .published import DATASETS, load_published
+from .holdout import STANDARD_SPLITS, holdout, rollout
+from .optimal import compute_optimal
+from .published import PUBLISHED, load_published
 from .resample import SCHEMES
 from .table import read_results
 
@@ -51,7 +54,18 @@ def main(argv: list[str] | None = None) -> int:
     fit_cmd.add_argument("--predict", action="append", default=[], metavar="N,P",
                          help="predicted loss with an interval at (N, P), e.g. 1.1e10,8 (repeatable)")
     fit_cmd.add_argument("--holdout", metavar="SPEC", help=f"{' | '.join(STANDARD_SPLITS)} | 'TRAIN_QUERY:TEST_QUERY'")
+    fit_cmd.add_argument("--rollout", type=int, default=0, metavar="MIN_SIZES",
+                         help="also fit on the MIN_SIZES smallest sizes, then one more at a time, predicting the rest")
     fit_cmd.add_argument("--json", type=Path, metavar="OUT", help="write the result as JSON")
+
+    optimal_cmd = commands.add_parser("optimal", help="compute-optimal params and tokens for training budgets")
+    _add_source(optimal_cmd)
+    optimal_cmd.add_argument("--flops", required=True, metavar="C1,C2,...", help="training budgets in FLOPs")
+    optimal_cmd.add_argument("--P", default="1", metavar="P1,P2,...", help="stream counts (default 1)")
+    optimal_cmd.add_argument("--form", default="log-tokens", help="a form with a tokens term (default log-tokens)")
+    optimal_cmd.add_argument("--bootstrap", type=int, default=0, metavar="N", help="resamples for intervals")
+    optimal_cmd.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    optimal_cmd.add_argument("--json", type=Path, metavar="OUT", help="write the table as JSON")
 
     compare_cmd = commands.add_parser("compare", help="compare the built-in forms: R^2, AIC/BIC, held-out error")
     _add_source(compare_cmd)
@@ -60,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         table, datasets = _load(args)
-        if args.command == "fit":
+        if args.command == "optimal":
+            _optimal(table, datasets, args)
+        elif args.command == "fit":
             report = {name: _fit_one(table, name, args) for name in datasets}
             _print_fits(report)
             if args.json:
@@ -79,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
 def _add_source(cmd: argparse.ArgumentParser) -> None:
     source = cmd.add_mutually_exclusive_group(required=True)
     source.add_argument("file", nargs="?", type=Path, help="results table (.csv or .parquet) with params, P, loss")
-    source.add_argument("--published", choices=[*DATASETS, "all"], help="the paper's published losses")
+    source.add_argument("--published", choices=[*PUBLISHED, "all"],
+                        help="the paper's published losses, or Epoch AI's Chinchilla runs")
     cmd.add_argument("--dataset", help="which data set to fit when the table holds several (default: each)")
     cmd.add_argument("--loss-column", default="loss", help="column to fit (loss, or eval_loss)")
 
@@ -119,6 +136,9 @@ def _fit_one(table: pd.DataFrame, dataset: str | None, args) -> dict:
     if args.bootstrap:
         out["bootstrap"] = bootstrap(table, n=args.bootstrap, seed=args.seed, scheme=args.scheme,
                                      predict_at=_points(args.predict), **options).to_dict()
+    if args.rollout:
+        out["rollout"] = rollout(table, min_sizes=args.rollout, form=args.form, method=args.method, dataset=dataset,
+                                 loss_column=args.loss_column, fixed=options["fixed"]).to_dict()
     if args.holdout:
         out["holdout"] = holdout(table, split=args.holdout, form=args.form, method=args.method, dataset=dataset,
                                  loss_column=args.loss_column).to_dict()
@@ -132,6 +152,8 @@ def _print_fits(report: dict) -> None:
             _print_bootstrap(out["bootstrap"], out["params"])
         if "holdout" in out:
             _print_holdout(out["holdout"])
+        if "rollout" in out:
+            _print_rollout(out["rollout"])
 
 
 def _print_fit(name: str | None, out: dict) -> None:
@@ -140,6 +162,9 @@ def _print_fit(name: str | None, out: dict) -> None:
     print(f"\n{name or 'table'}  ({out['form']} form, {out['method']} method, {out['n_points']} runs, "
           f"{out['seconds'] * 1e3:.1f} ms)")
     for key, value in params.items():
+        if value is None:
+            print(f"  {key:<8} {'not identified':>14}   (every run has the same P)")
+            continue
         line = f"  {key:<8} {value:>14.6g}"
         interval = _interval(out, key)
         print(line + (f"   [{interval[0]:.6g}, {interval[1]:.6g}]" if interval else ""))
@@ -167,6 +192,38 @@ def _print_holdout(check: dict) -> None:
     print(f"  holdout train[{check['train']}] -> test[{check['test']}]: MAPE {check['mape']:.3f}%  "
           f"max |rel err| {check['max_abs_rel_error']:.4f}  R^2 {check['r2']:.4f}  NMSE {check['nmse']:.4f}  "
           f"NMAE {check['nmae']:.4f}")
+
+
+def _print_rollout(rolled: dict) -> None:
+    print("  rollout: train sizes -> MAPE of the next size / of all larger sizes (max |rel err|)")
+    for step in rolled["steps"]:
+        print(f"    {step['train_sizes']:>3} (N <= {step['largest_train_params']:.3g}) -> next N "
+              f"{step['next_params']:.3g}: {step['next_mape']:.3f}% / all: {step['mape']:.3f}% "
+              f"({step['max_abs_rel_error']:.4f})")
+
+
+def _optimal(table: pd.DataFrame, datasets: list[str | None], args) -> None:
+    """Per data set, the compute-optimal allocation of each budget (with bootstrap intervals if asked)."""
+    flops, P = _numbers(args.flops, "--flops"), _numbers(args.P, "--P")
+    payload = {}
+    for name in datasets:
+        result = fit(table, form=args.form, dataset=name)
+        boot = (bootstrap(table, n=args.bootstrap, seed=args.seed, form=args.form, dataset=name)
+                if args.bootstrap else None)
+        frame = compute_optimal(result, flops, P, bootstrap=boot)
+        payload[name or "table"] = frame.to_dict(orient="records")
+        print(f"\n{name or 'table'} ({args.form} form, C = 6 N D P):\n"
+              f"{frame.to_string(index=False, float_format=lambda v: f'{v:.4g}')}")
+    if args.json:
+        args.json.write_text(json.dumps(payload, indent=2, default=_json_default))
+        print(f"wrote {args.json}")
+
+
+def _numbers(spec: str, option: str) -> list[float]:
+    try:
+        return [float(part) for part in spec.split(",")]
+    except ValueError:
+        raise ValueError(f"{option} {spec!r}: write numbers separated by commas, e.g. {option} 1e21,1e22") from None
 
 
 def _interval(out: dict, key: str):

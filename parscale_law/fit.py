@@ -49,7 +49,9 @@ class FitResult:
     """One fitted law: parameters, goodness of fit, residuals and how the optimiser ended.
 
     ``fixed`` names the parameters held at given values (they are in ``params`` too, and do not count in
-    ``n_params``); ``at_bound`` the free ones that ended on a bound of the fit's domain.
+    ``n_params``); ``at_bound`` the free ones that ended on a bound of the fit's domain; ``not_identified``
+    those the data cannot determine (the P effect, at one P): held where they have no effect, in ``params``
+    for predicting, written as null by ``to_dict``.
     """
 
     form: str
@@ -68,6 +70,7 @@ class FitResult:
     form_spec: Form | None = field(default=None, repr=False, compare=False)
     fixed: dict[str, float] = field(default_factory=dict)
     at_bound: tuple[str, ...] = ()
+    not_identified: tuple[str, ...] = ()
 
     @property
     def law_form(self) -> Form:
@@ -75,7 +78,7 @@ class FitResult:
 
     @property
     def n_params(self) -> int:
-        return len(self.params) - len(self.fixed)
+        return len(self.params) - len(self.fixed) - len(self.not_identified)
 
     @property
     def A_prime(self) -> float | None:
@@ -119,11 +122,21 @@ class FitResult:
             raise ValueError(f"the {self.form!r} form needs tokens: predict(N, P, tokens=D)")
         return self.law_form.predict(self.params, N, P, tokens)
 
+    def compute_optimal(self, flops, P=1, bootstrap=None) -> pd.DataFrame:
+        """The params and tokens that minimise this law's loss at each budget (``parscale_law.optimal``)."""
+        from .optimal import compute_optimal
+
+        return compute_optimal(self, flops, P, bootstrap=bootstrap)
+
     def multiplier(self, P) -> np.ndarray | None:
+        """None where the form defines none, or the data (one P) cannot tell it."""
+        if self.not_identified:
+            return None
         return self.law_form.multiplier(self.params, P)
 
     def to_dict(self) -> dict:
-        out = {name: value for name, value in self.params.items()}
+        params = {name: None if name in self.not_identified else value for name, value in self.params.items()}
+        out = dict(params)
         out.update(
             {
                 "A_prime": self.A_prime,
@@ -140,8 +153,9 @@ class FitResult:
                 "n_points": self.n_points,
                 "seconds": self.seconds,
                 "delta": self.delta,
-                "params": dict(self.params),
+                "params": params,
                 "fixed": dict(self.fixed),
+                "not_identified": list(self.not_identified),
                 "residuals": self.residuals.to_dict(orient="records"),
             }
         )
@@ -160,10 +174,12 @@ class FitResult:
         if not text.lstrip().startswith("{"):
             text = Path(text_or_path).read_text()
         data = json.loads(text)
+        not_identified = tuple(data.get("not_identified", ()))
+        neutral = (form or get_form(data["form"])).p_neutral if not_identified else {}
         return cls(
             form=data["form"],
             method=data["method"],
-            params=dict(data["params"]),
+            params={name: neutral[name] if name in not_identified else value for name, value in data["params"].items()},
             objective=data["objective"],
             r2=data["r2"],
             rmse=data["rmse"],
@@ -176,6 +192,7 @@ class FitResult:
             form_spec=form,
             fixed=dict(data.get("fixed", {})),
             at_bound=tuple(data.get("at_bound", ())),
+            not_identified=not_identified,
         )
 
 
@@ -200,7 +217,8 @@ def fit(
     """Fit ``form`` to a results table (see ``parscale_law.table``) and return a :class:`FitResult`.
 
     ``weights``: a column name, a Series or one value per row, multiplying each run's term of the
-    objective. ``fixed``: parameters held at given values, e.g. ``{"E": 1.7}``.
+    objective. ``fixed``: parameters held at given values, e.g. ``{"E": 1.7}``. A table at a single P fits
+    the built-in forms with their P effect not identified (``FitResult.not_identified``).
     """
     law_form = get_form(form)
     if method not in METHODS:
@@ -229,7 +247,8 @@ def check_fixed(form: Form, fixed: Mapping[str, float] | None) -> dict[str, floa
 def prepare_for(form: Form, table, dataset=None, loss_column="loss", weights=None, fixed=None) -> FitData:
     """The validated arrays ``form`` needs from ``table`` (with its free parameters + 1 runs at least)."""
     free = len(form.param_names) - len(fixed or {})
-    data = prepare(table, dataset=dataset, loss_column=loss_column, min_rows=free + 1, need_several_P=form.uses_P,
+    data = prepare(table, dataset=dataset, loss_column=loss_column, min_rows=free + 1,
+                   need_several_P=form.uses_P and not form.p_neutral,
                    weights=weights, need_tokens=form.uses_tokens)
     if fixed and "k" in fixed:
         low, _ = form.bounds_for(float(np.max(data.P)))["k"]
@@ -237,6 +256,19 @@ def prepare_for(form: Form, table, dataset=None, loss_column="loss", weights=Non
             raise InvalidTableError(f"fixed k={fixed['k']:g} makes 1 + k ln P <= 0 at this table's largest P; "
                                     f"use k > {low:.4g}")
     return data
+
+
+def unidentified(form: Form, data: FitData) -> dict[str, float]:
+    """The parameters ``data`` cannot determine, with the value at which they have no effect: at one P, the
+    parameters that act only through P."""
+    if form.uses_P and np.unique(data.P).size == 1:
+        return dict(form.p_neutral)
+    return {}
+
+
+def held_parameters(form: Form, data: FitData, fixed: Mapping[str, float] | None) -> dict[str, float]:
+    """What the optimiser holds: the unidentified parameters at their neutral values, then ``fixed``."""
+    return {**unidentified(form, data), **(fixed or {})}
 
 
 def _weights(data: FitData, extra=None):
@@ -257,22 +289,26 @@ def fit_data(
     residuals: bool = True,
 ) -> FitResult:
     """Fit validated arrays. ``weights`` (a bootstrap's row counts) multiply the data's own; ``problem``
-    caches the fast method's grid across resamples; ``residuals=False`` skips the residual table."""
+    caches the fast method's grid across resamples (built with ``held_parameters``); ``residuals=False``
+    skips the residual table."""
     started = time.perf_counter()
     fixed = dict(fixed or {})
+    held = held_parameters(form, data, fixed)
     w = _weights(data, weights)
     if method == "paper":
-        params, optimiser_ok, message, bounds = _fit_paper(form, data, delta, w, fixed)
+        params, optimiser_ok, message, bounds = _fit_paper(form, data, delta, w, held)
     elif isinstance(form, SeparableForm):
-        problem = problem or SeparableProblem(form, data, fixed)
+        problem = problem or SeparableProblem(form, data, held)
         params, optimiser_ok, message = problem.solve(delta, w, data.loss)
         bounds = problem.bounds
     else:
-        params, optimiser_ok, message, bounds = _fit_multistart(form, data, delta, w, fixed)
+        params, optimiser_ok, message, bounds = _fit_multistart(form, data, delta, w, held)
     objective = huber_objective(form, params, data, delta, weights)
-    status, reason, at_bound = _status(form, params, bounds, fixed, objective, optimiser_ok, message)
-    return _result(form, method, params, objective, status, reason, at_bound, data, delta, fixed,
-                   time.perf_counter() - started, residuals)
+    status, reason, at_bound = _status(form, params, bounds, held, objective, optimiser_ok, message)
+    result = _result(form, method, params, objective, status, reason, at_bound, data, delta, fixed,
+                     time.perf_counter() - started, residuals)
+    result.not_identified = tuple(name for name in held if name not in fixed)
+    return result
 
 
 def _result(form, method, params, objective, status, reason, at_bound, data, delta, fixed, seconds,
@@ -399,4 +435,5 @@ def _fit_multistart(form: Form, data: FitData, delta: float, weights, fixed):
     return params, ok, f"multi-start L-BFGS-B, {len(starts)} starts ({best.message})", bounds_used
 
 
-__all__ = ["FitResult", "fit", "fit_data", "huber_objective", "check_fixed", "prepare_for", "DELTA", "METHODS"]
+__all__ = ["FitResult", "fit", "fit_data", "huber_objective", "check_fixed", "prepare_for", "held_parameters",
+           "unidentified", "DELTA", "METHODS"]

@@ -12,6 +12,11 @@ exponents on a grid, solves the linear part in closed form, then polishes.
 - ``power`` (a power law in P):             m(P) = P**(-beta * alpha), i.e. L = (A / (N P**beta))**alpha + E
 - ``log-tokens``: the paper's law plus a data term, L = E + (A / (N (1 + k ln P)))**alpha + B / D**beta,
   D the ``tokens`` column (Hoffmann et al. 2022's form, with the streams' multiplier on N)
+- ``N-only``: L = E + (A / N)**alpha, a law in N alone (one P, one training length)
+
+At one P the parameters that act only through P (``Form.p_neutral``: k, rho, the power's beta) drop out: a
+fit holds them at the value where they have no effect and reports them as not identified, so the ``log`` form
+on a P = 1 ladder is L = E + (A / N)**alpha and ``log-tokens`` is Chinchilla's E + (A / N)**alpha + B / D**beta.
 
 k may be negative ("P hurts"): the log forms' domain is wherever 1 + k ln P stays positive for the largest
 P in the data (``Form.bounds_for``). ``custom_form`` wraps any function of (N, P[, D], **params).
@@ -65,6 +70,9 @@ class Form:
     uses_P: bool = True
     uses_tokens: bool = False
     description: str = ""
+    # Parameters that act only through P, with the value at which they have no effect: what a fit to data at a
+    # single P holds them at (they are not identified there).
+    p_neutral: Mapping[str, float] = field(default_factory=dict)
 
     def predict(self, params: Mapping[str, float], N, P, D=None) -> np.ndarray:
         raise NotImplementedError
@@ -153,6 +161,8 @@ class SeparableForm(Form):
             return params["E"] + sum(term.evaluate(params, N, P, D) for term in self.terms)
 
     def multiplier(self, params, P):
+        if not self.uses_P:
+            return None
         # m such that L(N * m, 1) = L(N, P); the N term scales as N**-exponent, so
         # m = (G(1, 1) / G(1, P))**(1/exponent).
         term = next(t for t in self.terms if t.variable == "N")
@@ -190,6 +200,11 @@ def _power_basis(n, P, alpha, beta):
     return G, (-G * (np.log(n) + beta * lnP), -alpha * lnP * G)
 
 
+def _n_basis(n, P, alpha):
+    G = n**-alpha
+    return G, (-G * np.log(n),)
+
+
 def _tokens_basis(d, P, beta):
     G = d**-beta
     return G, (-G * np.log(d),)
@@ -210,7 +225,7 @@ TOKENS_TERM = PowerTerm(scale="B", variable="D", nonlinear=("beta",), exponent="
                         basis=_tokens_basis, inside=False)
 
 
-def _separable(name, extra, basis, extra_bounds, extra_starts, extra_grid, description,
+def _separable(name, extra, basis, extra_bounds, extra_starts, extra_grid, description, neutral,
                k_domain=False) -> SeparableForm:
     return SeparableForm(
         name=name,
@@ -222,23 +237,24 @@ def _separable(name, extra, basis, extra_bounds, extra_starts, extra_grid, descr
         terms=(_N_term(extra, basis),),
         grids={"alpha": ALPHA_GRID, extra: tuple(extra_grid)},
         k_domain=k_domain,
+        p_neutral={extra: neutral},
     )
 
 
 FORMS: dict[str, Form] = {
     "log": _separable(
         "log", "k", _log_basis, (-np.inf, np.inf), (0.2, 0.4, 0.6, 0.8), K_GRID,
-        "L = (A / (N (k ln P + 1)))^alpha + E  (the paper's law)", k_domain=True,
+        "L = (A / (N (k ln P + 1)))^alpha + E  (the paper's law)", 0.0, k_domain=True,
     ),
     "rho": _separable(
         "rho", "rho", _rho_basis, (0.0, 1.0), (0.2, 0.4, 0.6, 0.8),
         tuple(np.linspace(0.0, 1.0, 26)),
-        "L = (A / N)^alpha (rho + (1 - rho) / P) + E  (constant stream correlation)",
+        "L = (A / N)^alpha (rho + (1 - rho) / P) + E  (constant stream correlation)", 1.0,
     ),
     "power": _separable(
         "power", "beta", _power_basis, (0.0, np.inf), (0.05, 0.1, 0.2, 0.4),
         (0.0, *np.geomspace(0.002, 5.0, 35)),
-        "L = (A / (N P^beta))^alpha + E  (power law in P)",
+        "L = (A / (N P^beta))^alpha + E  (power law in P)", 0.0,
     ),
     "log-tokens": SeparableForm(
         name="log-tokens",
@@ -252,6 +268,19 @@ FORMS: dict[str, Form] = {
         terms=(_N_term("k", _log_basis), TOKENS_TERM),
         grids={"alpha": ALPHA_GRID, "k": K_GRID, "beta": BETA_TOKENS_GRID},
         k_domain=True,
+        p_neutral={"k": 0.0},
+    ),
+    "N-only": SeparableForm(
+        name="N-only",
+        param_names=("E", "A", "alpha"),
+        bounds={"E": (0.0, np.inf), "A": (0.0, np.inf), "alpha": (ALPHA_LOWER_BOUND, np.inf)},
+        starts=dict(PAPER_STARTS),
+        scale={"A": A_UNIT},
+        uses_P=False,
+        description="L = (A / N)^alpha + E  (one P, one training length)",
+        terms=(PowerTerm(scale="A", variable="N", nonlinear=("alpha",), exponent="alpha", basis=_n_basis,
+                         inside=True),),
+        grids={"alpha": ALPHA_GRID},
     ),
 }
 

@@ -1,7 +1,8 @@
 """Extrapolation checks: fit on some runs, predict the others, score the predictions.
 
 A split is a pair of pandas query strings over the results table (``"P <= 4"`` / ``"P == 8"``) or one of
-the standard splits below. ``rollout`` fits on the k smallest sizes for growing k and predicts the rest.
+the standard splits below. ``rollout`` fits on the k smallest sizes for growing k and predicts the next size
+and all larger ones (OLMo-core's ScalingLawRollout).
 
 Scores on the held-out rows: per-point relative error, MAPE (%), R^2, NMSE = sum (y - yhat)^2 /
 sum (y - mean y)^2 and NMAE = sum |y - yhat| / sum |y - mean y| (both normalised by the held-out
@@ -10,6 +11,7 @@ rows' own spread, so 0 is perfect and 1 is no better than predicting their mean)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,9 +105,9 @@ def holdout(
     train_rows = _select(table, train, "train")
     test_rows = _select(table, test, "test")
     result = fit(train_rows, form=form, method=method, dataset=dataset, loss_column=loss_column)
-    predicted = result.predict(test_rows["params"].to_numpy(float), test_rows["P"].to_numpy(float))
+    predicted = predict_rows(result, test_rows)
     observed = test_rows[loss_column].to_numpy(float)
-    keep = [c for c in ("dataset", "size", "params", "P") if c in test_rows.columns]
+    keep = [c for c in ("dataset", "size", "params", "P", "tokens") if c in test_rows.columns]
     predictions = test_rows[keep].reset_index(drop=True).assign(
         loss=observed, predicted=predicted, rel_error=(predicted - observed) / observed
     )
@@ -131,6 +133,18 @@ def heldout_checks(table: pd.DataFrame, dataset: str | None = None) -> list:
     return checks
 
 
+@dataclass
+class RolloutResult:
+    """A rollout (OLMo-core's ScalingLawRollout): per step, the law fitted on the smallest sizes and how it
+    predicts the next size (``next_*`` columns) and every larger size (the metrics without prefix)."""
+
+    steps: pd.DataFrame
+    predictions: pd.DataFrame = field(repr=False)  # one row per (step, predicted run)
+
+    def to_dict(self) -> dict:
+        return {"steps": self.steps.to_dict(orient="records"),
+                "predictions": self.predictions.to_dict(orient="records")}
+
 
 def rollout(
     table: pd.DataFrame,
@@ -139,22 +153,39 @@ def rollout(
     method: str = "fast",
     dataset: str | None = None,
     loss_column: str = "loss",
-) -> pd.DataFrame:
-    """Fit on the k smallest sizes (k = min_sizes .. all but one) and score predictions for the rest."""
+    fixed: Mapping[str, float] | None = None,
+) -> RolloutResult:
+    """Fit on the k smallest sizes (k = min_sizes .. all but one) and score predictions for the next size
+    and for all larger ones. Any form: a tokens term predicts at each run's tokens, a one-P table fits with
+    its P effect not identified, ``fixed`` holds parameters as in ``fit``."""
     table = finished_runs(table)
     if dataset is not None and "dataset" in table.columns:
         table = table[table["dataset"] == dataset]
     groups = size_groups(table)
-    n_sizes = int(groups.max()) + 1
-    if n_sizes <= min_sizes:
-        raise InvalidTableError(f"{n_sizes} sizes in the table; a rollout from {min_sizes} needs at least "
-                                f"{min_sizes + 1}")
-    rows = []
+    n_sizes = int(groups.max()) + 1 if len(groups) else 0
+    if min_sizes < 2 or n_sizes <= min_sizes:
+        raise InvalidTableError(f"{n_sizes} sizes in the table; a rollout from min_sizes={min_sizes} (at least 2) "
+                                f"needs at least {max(min_sizes, 2) + 1}")
+    steps, predictions = [], []
     for k in range(min_sizes, n_sizes):
         train_rows, test_rows = table[groups < k], table[groups >= k]
-        result = fit(train_rows, form=form, method=method, dataset=dataset, loss_column=loss_column)
-        predicted = result.predict(test_rows["params"].to_numpy(float), test_rows["P"].to_numpy(float))
-        metrics = heldout_metrics(test_rows[loss_column].to_numpy(float), predicted)
-        rows.append({"train_sizes": k, "largest_train_params": float(train_rows["params"].max()),
-                     **result.params, **metrics})
-    return pd.DataFrame(rows)
+        result = fit(train_rows, form=form, method=method, dataset=dataset, loss_column=loss_column, fixed=fixed)
+        predicted = predict_rows(result, test_rows)
+        observed = test_rows[loss_column].to_numpy(float)
+        is_next = (groups[groups >= k] == k).to_numpy()
+        params = {name: None if name in result.not_identified else value for name, value in result.params.items()}
+        steps.append({"train_sizes": k, "largest_train_params": float(train_rows["params"].max()),
+                      "next_params": float(test_rows["params"][is_next].min()), "status": result.status,
+                      **params, **heldout_metrics(observed, predicted),
+                      **{f"next_{name}": value
+                         for name, value in heldout_metrics(observed[is_next], predicted[is_next]).items()}})
+        keep = [c for c in ("dataset", "size", "params", "P", "tokens") if c in test_rows.columns]
+        predictions.append(test_rows[keep].reset_index(drop=True).assign(
+            train_sizes=k, next_size=is_next, loss=observed, predicted=predicted))
+    return RolloutResult(pd.DataFrame(steps), pd.concat(predictions, ignore_index=True))
+
+
+def predict_rows(result: FitResult, rows: pd.DataFrame) -> np.ndarray:
+    """The fitted law's loss for each run of ``rows`` (at its tokens where the law has a tokens term)."""
+    tokens = rows["tokens"].to_numpy(float) if result.law_form.uses_tokens else None
+    return result.predict(rows["params"].to_numpy(float), rows["P"].to_numpy(float), tokens)

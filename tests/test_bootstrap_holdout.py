@@ -182,14 +182,14 @@ def test_holdout_with_queries_and_bad_queries():
 
 
 def test_rollout_over_sizes():
-    frame = rollout(load_published("stack-v2-python"), min_sizes=3)
+    frame = rollout(load_published("stack-v2-python"), min_sizes=3).steps
     assert list(frame["train_sizes"]) == [3, 4, 5]
-    assert (frame["mape"] < 1.0).all()
-    assert list(frame["n_test"]) == [12, 8, 4]
+    assert (frame["mape"] < 1.0).all() and (frame["next_mape"] < 1.0).all()
+    assert list(frame["n_test"]) == [12, 8, 4] and list(frame["next_n_test"]) == [4, 4, 4]
 
 
 def test_rollout_groups_sizes_without_a_size_column():
-    assert list(rollout(load_published("pile").drop(columns="size"), min_sizes=4)["n_test"]) == [8, 4]
+    assert list(rollout(load_published("pile").drop(columns="size"), min_sizes=4).steps["n_test"]) == [8, 4]
 
 
 def test_heldout_metrics_definitions():
@@ -205,7 +205,7 @@ def test_unfinished_runs_are_left_out_of_holdout_and_rollout():
     table.loc[table["P"] == 8, "status"] = "failed"
     table.loc[(table["P"] == 8) & (table["size"] == "4.4B"), "loss"] = np.nan
     assert holdout(table, train="P <= 2", test="P == 4").metrics["n_test"] == 6
-    assert np.isfinite(rollout(table, min_sizes=4)["mape"]).all()
+    assert np.isfinite(rollout(table, min_sizes=4).steps["mape"]).all()
     with pytest.raises(InvalidTableError, match="selects no rows"):
         holdout(table, split="extrapolate-P")
 

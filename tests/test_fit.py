@@ -244,7 +244,6 @@ def _table():
         (lambda t: pd.concat([t, t.iloc[[4]]]), r"repeat the same"),
         (lambda t: t.iloc[:4], r"needs at least 5"),
         (lambda t: t[t["P"] == 1].assign(params=1e9, P=[1, 2, 3, 4, 5, 6]), r"same params"),
-        (lambda t: t[t["P"] == 1], r"same P"),
         (lambda t: t.assign(loss=t["loss"].astype(str).where(t.index != 1, "oops")), r"rows 1 are not"),
     ],
 )
