@@ -3,6 +3,7 @@
     python -m analysis.plan --published pile --target-loss 1.85 --gpu A100-80GB --batch 1 [--json]
     python -m analysis.plan --results results.csv --target-loss 1.7 --bootstrap 200 --figure frontier.png
     python -m analysis.plan --fit fit.json --target-loss 1.85 --P 1,2,4,8,16,32
+    python -m analysis.plan --published chinchilla --flops 1e21,1e22 --P 1   (a training budget: analysis.budget)
 
 For each P the law gives the parameters that reach the target, N(P) = A / (1 + k ln P) (L - E)**(-1/alpha);
 each becomes the narrowest model of its size family reaching it (``analysis.cost.shape_for_params``: the
@@ -28,7 +29,16 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FormatStrFormatter
 
-from parscale_law import DATASETS, BootstrapResult, FitResult, ParScaleLaw, bootstrap, fit, load_published, read_results
+from parscale_law import (
+    PUBLISHED,
+    BootstrapResult,
+    FitResult,
+    ParScaleLaw,
+    bootstrap,
+    fit,
+    load_published,
+    read_results,
+)
 from parscale_law.errors import report_error
 
 from . import cost
@@ -160,6 +170,8 @@ def plan(
     sequences of ``input_tokens`` + ``output_tokens`` on ``gpu`` (or averaged over input = output length
     in ``lengths``, as the paper's Figure 4), and for training on ``tokens`` (default: the fit's runs')."""
     spec = get_gpu(gpu)
+    if result.not_identified and set(P_values) != {1}:
+        raise ValueError("the law was fitted at one P, so it says nothing about other P; plan with --P 1")
     runs = result.residuals
     if tokens is None and "tokens" in runs:
         tokens = float(runs["tokens"].median())
@@ -281,12 +293,15 @@ def frontier_figure(plan_: Plan, result: FitResult | None = None, boot: Bootstra
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.plan", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--published", choices=DATASETS, help="the paper's fit to its published losses")
+    source.add_argument("--published", choices=PUBLISHED, help="a fit to published losses")
     source.add_argument("--results", type=Path, metavar="TABLE", help="a results table (.csv or .parquet) to fit")
     source.add_argument("--fit", type=Path, metavar="FIT_JSON",
                         help="a saved fit (FitResult.to_json, or a sweep's fit.json)")
     parser.add_argument("--dataset", help="which data set of the table to fit")
-    parser.add_argument("--target-loss", type=float, required=True)
+    goal = parser.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--target-loss", type=float, help="the loss to reach: per P, the smallest model that does")
+    goal.add_argument("--flops", help="training budgets, e.g. 1e21,1e22: per P, the compute-optimal (N, D) of a "
+                                      "log-tokens law")
     parser.add_argument("--gpu", default=DEFAULT_GPU, help=f"one of {gpu_names()} (default {DEFAULT_GPU})")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--input-tokens", type=int, default=64)
@@ -304,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figure", type=Path, help="write the iso-loss frontier figure here (.png, .pdf)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = parser.parse_args(argv)
+    if args.flops:
+        return _plan_budget(args)
     try:
         # A saved fit plans without intervals (its runs are not in it to resample).
         result, table, boot = (FitResult.from_json(args.fit), None, None) if args.fit else (None, None, None)
@@ -325,6 +342,28 @@ def main(argv: list[str] | None = None) -> int:
         _print(the_plan)
         if args.figure:
             print(f"wrote {args.figure}")
+    return 0
+
+
+def _plan_budget(args) -> int:
+    """--flops: the compute-optimal models of a log-tokens law, per budget and P, and their serving cost."""
+    from .budget import budget_plan, print_budget_plan
+
+    try:
+        flops = [float(value) for value in args.flops.split(",")]
+        if args.fit:
+            result = FitResult.from_json(args.fit)
+        else:
+            table = load_published(args.published) if args.published else read_results(args.results)
+            result = fit(table, form="log-tokens", dataset=args.dataset)
+        table = budget_plan(result, flops, [int(P) for P in args.P.split(",")], args.gpu, args.batch,
+                            args.input_tokens, args.output_tokens, args.family)
+    except ValueError as error:
+        return report_error(error)
+    if args.json:
+        print(table.to_json(orient="records", indent=1))
+    else:
+        print_budget_plan(table, args.gpu, args.batch)
     return 0
 
 

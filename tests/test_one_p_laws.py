@@ -162,3 +162,21 @@ def test_a_custom_form_with_a_p_effect_still_needs_two_p_values():
                        starts={"E": [1, 2], "A": [1e8, 1e9], "alpha": [0.2, 0.4], "k": [0.2, 0.5]})
     with pytest.raises(InvalidTableError, match="same P"):
         fit(load_published("pile").query("P == 1"), form=form)
+
+
+def test_the_planner_takes_a_training_budget_per_p(capsys):
+    from analysis.budget import budget_plan
+    from analysis.plan import main as plan_main
+
+    truth = {"E": 1.7, "A": 2e8, "alpha": 0.3, "k": 0.4, "B": 800.0, "beta": 0.3}
+    table = simulate(truth, form="log-tokens", N=np.geomspace(3e7, 3e9, 5), P=[1, 2, 4],
+                     tokens=[2e9, 8e9, 3e10], noise=0.003, seed=1)
+    rows = budget_plan(fit(table, form="log-tokens"), [1e21], [1, 2, 4], gpu="H100-80GB")
+    assert list(rows["P"]) == [1, 2, 4] and rows["fits_gpu"].all()
+    np.testing.assert_allclose(6 * rows["params"] * rows["tokens"] * rows["P"], 1e21, rtol=1e-9)
+    assert (rows["memory_gb"] > 0).all() and rows["hidden_size"].is_monotonic_decreasing
+    assert plan_main(["--published", "chinchilla", "--flops", "1e21,1e23", "--P", "1", "--gpu", "H100-80GB"]) == 0
+    printed = capsys.readouterr().out
+    assert "N*=2.79e+09" in printed and "N beyond the runs" in printed
+    assert plan_main(["--published", "chinchilla", "--flops", "1e21", "--P", "1,2"]) == 2
+    assert "one P" in capsys.readouterr().err
