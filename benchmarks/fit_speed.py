@@ -1,7 +1,8 @@
 """Benchmark, pinned to one core, measured side by side in one process:
 
 1. the fast method against the paper's recipe (time, and the objective each reaches);
-2. 1000-resample bootstraps with each scheme (CPU seconds, so other processes on the core do not count);
+2. 1000-resample bootstraps with each scheme (CPU seconds, so other processes on the core do not count), the
+   resamples solved together (the default) and refitted one by one, each as a count of single fast fits;
 3. the coverage of each scheme's 95% intervals on simulated Pile-shaped grids (``parscale_law.coverage``).
 
 ``python -m benchmarks.fit_speed [--repeats R] [--resamples N] [--simulations S] [--coverage-resamples M]``
@@ -42,9 +43,20 @@ def main(argv: list[str] | None = None) -> None:
             os.sched_setaffinity(0, cores)
 
 
+def _fast_fit_seconds(table, repeats: int = 50) -> float:
+    """The median CPU seconds of one fast fit, over enough repeats for a millisecond-scale time."""
+    runs = []
+    for _ in range(repeats):
+        started = time.process_time()
+        fit(table)
+        runs.append(time.process_time() - started)
+    return statistics.median(runs)
+
+
 def _run(args) -> None:
     print(f"{'data set':<16} {'paper s':>9} {'fast ms':>9} {'speed-up':>9} {'paper objective':>17} "
           f"{'fast objective':>17} {'fast <= paper':>14}")
+    one_fit = {}
     for name in DATASETS:
         table = load_published(name)
         timings = {}
@@ -56,17 +68,23 @@ def _run(args) -> None:
                 runs.append(time.process_time() - started)
             timings[method] = (statistics.median(runs), result.objective)
         (paper_s, paper_obj), (fast_s, fast_obj) = timings["paper"], timings["fast"]
+        one_fit[name] = _fast_fit_seconds(table)
         print(
             f"{name:<16} {paper_s:>9.2f} {fast_s * 1e3:>9.2f} {paper_s / fast_s:>8.0f}x "
             f"{paper_obj:>17.10e} {fast_obj:>17.10e} {str(fast_obj <= paper_obj + 1e-9):>14}"
         )
     for name in DATASETS:
         for scheme in BOOTSTRAP_SCHEMES:
-            started = time.process_time()
-            result = bootstrap(load_published(name), n=args.resamples, seed=0, scheme=scheme)
-            seconds = time.process_time() - started
-            print(f"bootstrap {name} ({scheme}): {args.resamples} resamples in {seconds:.2f} s CPU on one core "
-                  f"({result.n_failed} failed, {result.fraction_at_bound:.1%} at a bound)")
+            seconds = {}
+            for batched in (True, False):
+                started = time.process_time()
+                result = bootstrap(load_published(name), n=args.resamples, seed=0, scheme=scheme, batched=batched)
+                seconds[batched] = time.process_time() - started
+            fits = {batched: value / one_fit[name] for batched, value in seconds.items()}
+            print(f"bootstrap {name} ({scheme}): {args.resamples} resamples in {seconds[True]:.2f} s CPU = "
+                  f"{fits[True]:.0f} fits (one by one: {seconds[False]:.2f} s = {fits[False]:.0f} fits; "
+                  f"{seconds[False] / seconds[True]:.1f}x); {result.n_failed} failed, "
+                  f"{result.fraction_at_bound:.1%} at a bound")
     if args.simulations:
         summary = coverage(simulations=args.simulations, resamples=args.coverage_resamples)
         print(f"\n95% interval coverage, {args.simulations} Pile-shaped simulations per regime "

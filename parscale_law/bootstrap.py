@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .batched import refit_resamples
 from .errors import InvalidTableError, UnknownNameError
 from .fit import FitResult, check_fixed, fit_data, held_parameters, prepare_for
 from .forms import Form, SeparableForm, get_form
@@ -133,11 +134,13 @@ def bootstrap(
     scheme: str = DEFAULT_SCHEME,
     weights=None,
     fixed: Mapping[str, float] | None = None,
+    batched: bool = True,
 ) -> BootstrapResult:
     """Refit ``n`` resamples of the table drawn by ``scheme`` and return percentile intervals at ``level``.
 
     ``predict_at``: (N, P) pairs, or (N, P, tokens) for forms with a tokens term. ``weights`` and
-    ``fixed`` as in ``fit``.
+    ``fixed`` as in ``fit``. ``batched``: the resamples solved together from the point fit
+    (``parscale_law.batched``); False refits each from cold (the same intervals, about 10x slower).
     """
     if n < 2:
         raise ValueError(f"n={n}: a bootstrap needs at least 2 resamples (1000 is usual)")
@@ -160,6 +163,7 @@ def bootstrap(
     rng = np.random.default_rng(seed)
 
     components: VarianceComponents | None = None
+    log_mean = None
     if scheme == "parametric":
         if point.status == "failed":
             raise InvalidTableError(f"the fit failed ({point.reason}), so there is no law to simulate from; "
@@ -170,19 +174,11 @@ def bootstrap(
     residual_noise = point.residuals["log_residual"].to_numpy()
     residual_noise = residual_noise - residual_noise.mean()
 
+    # Every resample is drawn first (in the order the draws always had), then all are fitted together.
+    losses, counts, jitters = _draw_resamples(n, data, scheme, components, log_mean, residual_noise, len(at), rng)
+    results = refit_resamples(law_form, data, problem, point, losses, counts, delta, fixed, batched)
     rows, statuses = [], []
-    for _ in range(n):
-        if components is not None:
-            variances = components.draw_variances(rng)
-            loss = np.exp(simulated_log_loss(log_mean, data, components.names, variances, rng))
-            result = fit_data(law_form, data.with_loss(loss), delta=delta, problem=problem,
-                              fixed=fixed, residuals=False)
-            jitter = np.exp(rng.normal(0.0, math.sqrt(variances.sum()), len(at)))
-        else:
-            counts = row_counts(data, scheme, rng)
-            result = fit_data(law_form, data, delta=delta, weights=counts, problem=problem,
-                              fixed=fixed, residuals=False)
-            jitter = np.exp(rng.choice(residual_noise, size=len(at)))
+    for result, jitter in zip(results, jitters, strict=True):
         statuses.append(result.status)
         if result.status == "failed":
             continue
@@ -195,6 +191,23 @@ def bootstrap(
     return BootstrapResult(point, samples, intervals, level, int((statuses == "failed").sum()),
                            time.perf_counter() - started, scheme,
                            components.as_dict() if components is not None else {}, statuses)
+
+
+def _draw_resamples(n, data, scheme, components, log_mean, residual_noise, n_points, rng):
+    """Per resample: its losses (parametric) or run counts (the others), and the factors that turn each
+    predicted loss into a new run's."""
+    losses, counts, jitters = [], [], []
+    for _ in range(n):
+        if components is not None:
+            variances = components.draw_variances(rng)
+            losses.append(np.exp(simulated_log_loss(log_mean, data, components.names, variances, rng)))
+            counts.append(None)
+            jitters.append(np.exp(rng.normal(0.0, math.sqrt(variances.sum()), n_points)))
+        else:
+            losses.append(None)
+            counts.append(row_counts(data, scheme, rng))
+            jitters.append(np.exp(rng.choice(residual_noise, size=n_points)))
+    return losses, counts, jitters
 
 
 def _prediction_points(predict_at, form: Form) -> np.ndarray:
