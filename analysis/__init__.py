@@ -12,7 +12,7 @@
 - ``analysis.measure``: measured memory and latency of the model's ``generate``, against the model
   (``python -m analysis.measure``);
 - ``analysis.plan``: the deployment planner, the (N, P) that reach a target loss on the fitted law and
-  what each costs (``python -m analysis.plan``).
+  what each costs (``python -m analysis.plan``); ``analysis.budget``: the same from a training budget.
 
 The submodules are not imported here: five of them run as ``python -m analysis.<name>``, and a package
 that imports a module before runpy executes it as __main__ runs that module twice.
