@@ -40,6 +40,7 @@ from parscale_law import (
     read_results,
 )
 from parscale_law.errors import report_error
+from parscale_law.optimal import one_P_of
 
 from . import cost
 from .gpus import GPUSpec, get_gpu, gpu_names
@@ -170,8 +171,10 @@ def plan(
     sequences of ``input_tokens`` + ``output_tokens`` on ``gpu`` (or averaged over input = output length
     in ``lengths``, as the paper's Figure 4), and for training on ``tokens`` (default: the fit's runs')."""
     spec = get_gpu(gpu)
-    if result.not_identified and set(P_values) != {1}:
-        raise ValueError("the law was fitted at one P, so it says nothing about other P; plan with --P 1")
+    fitted_P = one_P_of(result)
+    if fitted_P is not None and {float(P) for P in P_values} != {fitted_P}:
+        raise ValueError(f"the law was fitted at one P ({fitted_P:g}), so it says nothing about other P; "
+                         f"plan with --P {fitted_P:g}")
     runs = result.residuals
     if tokens is None and "tokens" in runs:
         tokens = float(runs["tokens"].median())

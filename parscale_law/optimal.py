@@ -33,8 +33,10 @@ def compute_optimal(result, flops, P=1, bootstrap=None, level: float | None = No
     flops, P = _positive("flops", flops), _positive("P", P)
     if np.any(P < 1):
         raise ValueError(f"P={P.min():g}: a count of streams is at least 1")
-    if len(P) > 1 and result.not_identified:
-        raise ValueError("the law was fitted at one P, so it says nothing about other P; ask for P=1 only")
+    fitted_P = one_P_of(result)
+    if fitted_P is not None and np.any(P != fitted_P):
+        raise ValueError(f"the law was fitted at one P ({fitted_P:g}), so it says nothing about other P; "
+                         f"ask for P={fitted_P:g} only")
     grid = pd.DataFrame([(c, p) for p in P for c in flops], columns=["flops", "P"])
     optimum = optimum_of(result.params, grid["flops"].to_numpy(), grid["P"].to_numpy())
     table = pd.concat([grid, pd.DataFrame(optimum)], axis=1)
@@ -48,6 +50,14 @@ def compute_optimal(result, flops, P=1, bootstrap=None, level: float | None = No
         table[column + "_low"] = np.nanpercentile(values, tail, axis=0)
         table[column + "_high"] = np.nanpercentile(values, 100.0 - tail, axis=0)
     return table
+
+
+def one_P_of(result) -> float | None:
+    """The single P a law was fitted at (its P effect not identified), or None for a law with a P effect."""
+    if not result.not_identified:
+        return None
+    runs = result.residuals
+    return float(runs["P"].iloc[0]) if len(runs) and "P" in runs else 1.0
 
 
 def optimum_of(params: Mapping[str, float], flops, P) -> dict[str, np.ndarray]:

@@ -180,3 +180,15 @@ def test_the_planner_takes_a_training_budget_per_p(capsys):
     assert "N*=2.79e+09" in printed and "N beyond the runs" in printed
     assert plan_main(["--published", "chinchilla", "--flops", "1e21", "--P", "1,2"]) == 2
     assert "one P" in capsys.readouterr().err
+
+
+def test_a_law_fitted_at_one_p_above_one_answers_for_that_p_only():
+    truth = {"E": 1.7, "A": 2e8, "alpha": 0.3, "k": 0.4, "B": 800.0, "beta": 0.3}
+    table = simulate(truth, form="log-tokens", N=np.geomspace(3e7, 3e9, 5), P=[2], tokens=[2e9, 8e9, 3e10],
+                     noise=0.003, seed=2)
+    result = fit(table, form="log-tokens")
+    assert result.not_identified == ("k",)
+    with pytest.raises(ValueError, match=r"one P \(2\).*P=2"):
+        compute_optimal(result, [1e21])
+    optimum = compute_optimal(result, [1e21], [2]).iloc[0]
+    assert 6 * optimum["params"] * optimum["tokens"] * 2 == pytest.approx(1e21, rel=1e-9)
