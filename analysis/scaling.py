@@ -57,7 +57,7 @@ def rollout_figure(rolled):
     steps = sorted(predictions["train_sizes"].unique())
     with paper_style():
         figure, (ax,) = new_figure()
-        colours = [plt_colour(i, len(steps)) for i in range(len(steps))]
+        colours = [_step_colour(i, len(steps)) for i in range(len(steps))]
         for step, colour in zip(steps, colours, strict=True):
             rows = predictions[predictions["train_sizes"] == step]
             nxt = rows["next_size"].to_numpy(bool)
@@ -73,7 +73,8 @@ def rollout_figure(rolled):
     return figure
 
 
-def plt_colour(index: int, count: int) -> tuple:
+def _step_colour(index: int, count: int) -> tuple:
+    """The rollout step's colour, from viridis's first to last."""
     from matplotlib import colormaps
 
     return colormaps["viridis"](index / max(1, count - 1))

@@ -134,8 +134,13 @@ class FitResult:
             return None
         return self.law_form.multiplier(self.params, P)
 
+    @property
+    def reported_params(self) -> dict[str, float | None]:
+        """The parameters as reported: None for those the data cannot determine."""
+        return {name: None if name in self.not_identified else value for name, value in self.params.items()}
+
     def to_dict(self) -> dict:
-        params = {name: None if name in self.not_identified else value for name, value in self.params.items()}
+        params = self.reported_params
         out = dict(params)
         out.update(
             {

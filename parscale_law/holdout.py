@@ -173,10 +173,9 @@ def rollout(
         predicted = predict_rows(result, test_rows)
         observed = test_rows[loss_column].to_numpy(float)
         is_next = (groups[groups >= k] == k).to_numpy()
-        params = {name: None if name in result.not_identified else value for name, value in result.params.items()}
         steps.append({"train_sizes": k, "largest_train_params": float(train_rows["params"].max()),
                       "next_params": float(test_rows["params"][is_next].min()), "status": result.status,
-                      **params, **heldout_metrics(observed, predicted),
+                      **result.reported_params, **heldout_metrics(observed, predicted),
                       **{f"next_{name}": value
                          for name, value in heldout_metrics(observed[is_next], predicted[is_next]).items()}})
         keep = [c for c in ("dataset", "size", "params", "P", "tokens") if c in test_rows.columns]
