@@ -56,7 +56,6 @@ P = 1 sizes' averaged memory and latency interpolated linearly in their publishe
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -68,9 +67,10 @@ import pandas as pd
 from models import parscale_config
 from models.sizes import PAPER_SIZES, TINY_SIZES
 from parscale_law import load_published
+from parscale_law.arguments import CommandParser, fraction, positive_int
 from parscale_law.errors import report_error
 
-from .gpus import PAPER_GPU, GPUSpec, get_gpu, gpu_names
+from .gpus import PAPER_GPU, GPUSpec, get_gpu, gpu_name, gpu_names
 
 BYTES_PER_VALUE = 2  # bf16
 GIB = 2**30
@@ -377,17 +377,19 @@ def compare_scaling(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.cost", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="python -m analysis.cost", description=__doc__.split("\n\n")[0])
     parser.add_argument("--compare", action="store_true",
                         help="parallel vs parameter scaling ratios per batch size (the paper's Figure 4)")
     parser.add_argument("--size", default="1.6B", help="model size, e.g. 1.6B (default) or tiny-96")
-    parser.add_argument("--P", type=int, default=1, help="parallel streams (default 1)")
-    parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    parser.add_argument("--input-tokens", type=int, default=64)
-    parser.add_argument("--output-tokens", type=int, default=64)
-    parser.add_argument("--gpu", default=PAPER_GPU, choices=gpu_names())
-    parser.add_argument("--flop-efficiency", type=float, default=PAPER_FLOP_EFFICIENCY)
-    parser.add_argument("--memory-efficiency", type=float, default=PAPER_MEMORY_EFFICIENCY)
+    parser.add_argument("--P", type=positive_int, default=1, help="parallel streams (default 1)")
+    parser.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
+    parser.add_argument("--input-tokens", type=positive_int, default=64)
+    parser.add_argument("--output-tokens", type=positive_int, default=64)
+    parser.add_argument("--gpu", default=PAPER_GPU, type=gpu_name, help=f"one of {', '.join(gpu_names())}")
+    parser.add_argument("--flop-efficiency", type=fraction, default=PAPER_FLOP_EFFICIENCY)
+    parser.add_argument("--memory-efficiency", type=fraction, default=PAPER_MEMORY_EFFICIENCY)
+    parser.add_argument("--ignore-memory", action="store_true",
+                        help="cost a batch even when its memory exceeds the GPU's (refused otherwise)")
     parser.add_argument("--json", action="store_true", help="print JSON (memory in GB = GiB, latency in s)")
     args = parser.parse_args(argv)
     settings = {"gpu": args.gpu, "flop_efficiency": args.flop_efficiency, "memory_efficiency": args.memory_efficiency}
@@ -402,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         else:
             cost = inference_cost(args.size, args.P, args.batch, args.input_tokens, args.output_tokens, **settings)
+            capacity = get_gpu(args.gpu).memory_bytes / GIB
+            if cost.memory_gb > capacity and not args.ignore_memory:
+                raise ValueError(f"--batch {args.batch} needs {cost.memory_gb:,.1f} GiB, more than the {args.gpu}'s "
+                                 f"{capacity:,.1f} GiB; lower --batch or --P, or add --ignore-memory to cost it anyway")
             if args.json:
                 print(json.dumps(cost.to_dict(), indent=2))
             else:

@@ -21,7 +21,6 @@ find what was drawn.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from collections.abc import Sequence
@@ -33,6 +32,8 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from parscale_law import DATASETS, FitResult, bootstrap, fit, heldout_checks, load_published, prepare, read_results
+from parscale_law.arguments import CommandParser, output_folder, resamples
+from parscale_law.cli import warn_if_few_resamples
 from parscale_law.errors import report_error
 
 from . import cost, tables
@@ -45,6 +46,7 @@ from .equivalence import (
     runs_of,
     streams_to_match,
 )
+from .gpus import gpu_name
 from .style import (
     PARALLEL_SCALING_COLOUR,
     PARAMETER_SCALING_COLOUR,
@@ -439,26 +441,43 @@ def _title(label: str) -> str:
     return {"stack-v2-python": "Stack-V2-Python", "pile": "Pile"}.get(label, label)
 
 
+def figure_formats(text: str) -> list[str]:
+    """An argparse type: comma-separated file formats matplotlib can write (png, pdf, svg, ...)."""
+    import argparse
+
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = [part.strip().lstrip(".").lower() for part in text.split(",") if part.strip()]
+    known = FigureCanvasBase.get_supported_filetypes()
+    unknown = [name for name in formats if name not in known]
+    if unknown or not formats:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or repr(text)}: not a figure format; "
+                                         f"choose from {', '.join(sorted(known))}")
+    return formats
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.figures",
-                                     description="Draw the paper's figures from a fit.")
+    parser = CommandParser(prog="python -m analysis.figures", description="Draw the paper's figures from a fit.")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--published", choices=[*DATASETS, "all"], help="the paper's published losses (default: all)")
     source.add_argument("--results", type=Path, metavar="TABLE",
                         help="a results table (.csv or .parquet), with or without a dataset column")
     parser.add_argument("--dataset", help="draw only this data set of the table")
-    parser.add_argument("--out", type=Path, default=Path("outputs/figures"),
+    parser.add_argument("--out", type=output_folder, default=Path("outputs/figures"),
                         help="output folder (default outputs/figures)")
-    parser.add_argument("--format", default="png", help="comma-separated file formats, e.g. png,pdf (default png)")
-    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+    parser.add_argument("--format", default=["png"], type=figure_formats,
+                        help="comma-separated file formats, e.g. png,pdf (default png)")
+    parser.add_argument("--bootstrap", type=resamples, default=1000, metavar="N",
                         help="resamples for intervals and bands; 0 for none (default 1000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cost-sizes", default=",".join(FIGURE4_SIZES),
                         help="model sizes of the inference-cost figure (default 1.6B,2.8B,4.4B)")
-    parser.add_argument("--gpu", default=cost.PAPER_GPU, choices=cost.gpu_names())
+    parser.add_argument("--gpu", default=cost.PAPER_GPU, type=gpu_name, help=f"one of {', '.join(cost.gpu_names())}")
     args = parser.parse_args(argv)
-    formats = [f.strip().lstrip(".") for f in args.format.split(",") if f.strip()]
+    formats = args.format
     try:
+        if args.bootstrap:
+            warn_if_few_resamples(args.bootstrap)
         table = read_results(args.results) if args.results else load_published(args.published or "all")
         if "P" in table.columns and pd.to_numeric(table["P"], errors="coerce").nunique() == 1:
             raise ValueError("every run has the same P, so the figures of the P effect do not apply; draw a one-P "

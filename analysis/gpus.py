@@ -58,3 +58,14 @@ def get_gpu(name: str | GPUSpec) -> GPUSpec:
 def gpu_names() -> list[str]:
     """Every name ``get_gpu`` accepts: the full names and their short aliases."""
     return [*GPUS, *ALIASES]
+
+
+def gpu_name(text: str) -> str:
+    """An argparse type: a GPU name `get_gpu` knows, else one line listing the known ones."""
+    import argparse
+
+    try:
+        get_gpu(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"unknown GPU {text!r}; choose one of {', '.join(gpu_names())}") from None
+    return text

@@ -20,7 +20,6 @@ meant for GPUs at the paper's sizes.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import functools
@@ -33,6 +32,7 @@ import pandas as pd
 import torch
 
 from models import Qwen2ParScaleForCausalLM, parscale_config
+from parscale_law.arguments import CommandParser, output_folder, positive_int, positive_ints, stream_counts
 from parscale_law.errors import report_error
 
 from .cost import GIB, ModelShape, inference_cost
@@ -179,24 +179,26 @@ def plot(frame: pd.DataFrame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.measure", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="python -m analysis.measure", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="tiny-128",
                         help="a models size: tiny-32 ... tiny-128, 0.5B ... 4.4B (default tiny-128)")
-    parser.add_argument("--layers", type=int,
+    parser.add_argument("--layers", type=positive_int,
                         help="override the depth, e.g. 2 for a shallow copy of a paper size on a CPU")
-    parser.add_argument("--P", default="1,2,4,8", help="comma-separated stream counts (default 1,2,4,8)")
-    parser.add_argument("--batch", default="1,2,4,8", help="comma-separated batch sizes (default 1,2,4,8)")
-    parser.add_argument("--input-tokens", type=int, default=32)
-    parser.add_argument("--output-tokens", type=int, default=32)
+    parser.add_argument("--P", default=[1, 2, 4, 8], type=stream_counts,
+                        help="comma-separated stream counts (default 1,2,4,8)")
+    parser.add_argument("--batch", default=[1, 2, 4, 8], type=positive_ints,
+                        help="comma-separated batch sizes (default 1,2,4,8)")
+    parser.add_argument("--input-tokens", type=positive_int, default=32)
+    parser.add_argument("--output-tokens", type=positive_int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per setting; the fastest counts")
-    parser.add_argument("--out", type=Path, default=Path("outputs/measure"),
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per setting; the fastest counts")
+    parser.add_argument("--out", type=output_folder, default=Path("outputs/measure"),
                         help="folder for measured.csv and the plot")
     args = parser.parse_args(argv)
     overrides = {"num_hidden_layers": args.layers} if args.layers else {}
     try:
         frame = measure(
-            args.size, [int(p) for p in args.P.split(",")], [int(b) for b in args.batch.split(",")],
+            args.size, args.P, args.batch,
             args.input_tokens, args.output_tokens, args.device, args.repeats, **overrides,
         )
     except ValueError as error:  # unknown size, bad P: one line, what to change
@@ -205,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     frame.to_csv(args.out / "measured.csv", index=False)
     plot(frame).savefig(args.out / "measured_vs_modelled.png", dpi=SAVE_DPI)
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"modelled: analysis.cost with {args.device}'s own matmul and copy rates measured here (not a datasheet "
+          "GPU's)" + ("; on a CPU, framework overhead dominates small shapes, so compare the trend with P and batch, "
+                      "not the values" if args.device == "cpu" else ""))
     print(f"wrote {args.out / 'measured.csv'} and {args.out / 'measured_vs_modelled.png'}")
     return 0
 

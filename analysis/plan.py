@@ -17,7 +17,6 @@ N), and of the chosen model's loss. The paper's Figure 4 comparison is the case 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -39,11 +38,22 @@ from parscale_law import (
     load_published,
     read_results,
 )
+from parscale_law.arguments import (
+    CommandParser,
+    output_file,
+    positive_float,
+    positive_floats,
+    positive_int,
+    positive_ints,
+    resamples,
+    stream_counts,
+)
+from parscale_law.cli import warn_if_few_resamples
 from parscale_law.errors import report_error
 from parscale_law.optimal import one_P_of
 
 from . import cost
-from .gpus import GPUSpec, get_gpu, gpu_names
+from .gpus import GPUSpec, get_gpu, gpu_name, gpu_names
 from .style import (
     SAVE_DPI,
     P_colour,
@@ -187,6 +197,7 @@ def plan(
     settings = {"gpu": spec, "flop_efficiency": flop_efficiency, "memory_efficiency": memory_efficiency}
     largest_P = float(runs["P"].max()) if "P" in runs else math.inf
     largest_N = float(runs["params"].max()) if "params" in runs else math.inf
+    smallest_N = float(runs["params"].min()) if "params" in runs else 0.0
     resampled = _resampled_laws(boot, result, tokens) if boot is not None else []
     options, skipped = [], {}
     for P in sorted({int(P) for P in P_values}):
@@ -201,7 +212,8 @@ def plan(
             P=P, params=float(N), params_needed=needed, hidden_size=shape.hidden_size,
             intermediate_size=shape.intermediate_size, loss=float(law.predict(N, P)), memory_gb=memory,
             latency_s=latency, training_flops=cost.training_flops(shape, P, tokens) if tokens else None,
-            fits_gpu=memory * cost.GIB <= spec.memory_bytes, extrapolates_P=P > largest_P, extrapolates_N=N > largest_N,
+            fits_gpu=memory * cost.GIB <= spec.memory_bytes, extrapolates_P=P > largest_P,
+            extrapolates_N=not smallest_N <= N <= largest_N,
         )
         if resampled:
             option.intervals = _intervals(resampled, boot.level, target_loss, P, N, family, batch, pairs, settings)
@@ -294,7 +306,7 @@ def frontier_figure(plan_: Plan, result: FitResult | None = None, boot: Bootstra
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.plan", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="python -m analysis.plan", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--published", choices=PUBLISHED, help="a fit to published losses")
     source.add_argument("--results", type=Path, metavar="TABLE", help="a results table (.csv or .parquet) to fit")
@@ -302,39 +314,45 @@ def main(argv: list[str] | None = None) -> int:
                         help="a saved fit (FitResult.to_json, or a sweep's fit.json)")
     parser.add_argument("--dataset", help="which data set of the table to fit")
     goal = parser.add_mutually_exclusive_group(required=True)
-    goal.add_argument("--target-loss", type=float, help="the loss to reach: per P, the smallest model that does")
-    goal.add_argument("--flops", help="training budgets, e.g. 1e21,1e22: per P, the compute-optimal (N, D) of a "
+    goal.add_argument("--target-loss", type=positive_float,
+                      help="the loss to reach: per P, the smallest model that does")
+    goal.add_argument("--flops", type=positive_floats,
+                      help="training budgets, e.g. 1e21,1e22: per P, the compute-optimal (N, D) of a "
                                       "log-tokens law")
-    parser.add_argument("--gpu", default=DEFAULT_GPU, help=f"one of {gpu_names()} (default {DEFAULT_GPU})")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--input-tokens", type=int, default=64)
-    parser.add_argument("--output-tokens", type=int, default=64)
-    parser.add_argument("--lengths",
+    parser.add_argument("--gpu", default=DEFAULT_GPU, type=gpu_name,
+                        help=f"one of {gpu_names()} (default {DEFAULT_GPU})")
+    parser.add_argument("--batch", type=positive_int, default=1)
+    parser.add_argument("--input-tokens", type=positive_int, default=64)
+    parser.add_argument("--output-tokens", type=positive_int, default=64)
+    parser.add_argument("--lengths", type=positive_ints,
                         help="average the cost over input = output length in these, e.g. "
                              "64,128,256,512 (the paper's Figure 4)")
-    parser.add_argument("--P", default=",".join(map(str, DEFAULT_P)),
+    parser.add_argument("--P", default=list(DEFAULT_P), type=stream_counts,
                         help="stream counts to consider (default 1,2,4,8,16)")
     parser.add_argument("--family", choices=list(cost.FAMILIES), help="size family to widen (default: the runs')")
-    parser.add_argument("--tokens", type=float, help="training tokens for the FLOPs (default: the runs' tokens column)")
-    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+    parser.add_argument("--tokens", type=positive_float,
+                        help="training tokens for the FLOPs (default: the runs' tokens column)")
+    parser.add_argument("--bootstrap", type=resamples, default=1000, metavar="N",
                         help="resamples for intervals; 0 for none (default 1000)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--figure", type=Path, help="write the iso-loss frontier figure here (.png, .pdf)")
+    parser.add_argument("--figure", type=output_file, help="write the iso-loss frontier figure here (.png, .pdf)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = parser.parse_args(argv)
     if args.flops:
         return _plan_budget(args)
     try:
+        if args.bootstrap and not args.fit:
+            warn_if_few_resamples(args.bootstrap)
         # A saved fit plans without intervals (its runs are not in it to resample).
-        result, table, boot = (FitResult.from_json(args.fit), None, None) if args.fit else (None, None, None)
+        result, table, boot = (load_fit(args.fit), None, None) if args.fit else (None, None, None)
         if not args.fit:
             table = load_published(args.published) if args.published else read_results(args.results)
             dataset = args.dataset or (args.published if args.published else None)
             boot = bootstrap(table, n=args.bootstrap, seed=args.seed, dataset=dataset) if args.bootstrap else None
             result = boot.point if boot else fit(table, dataset=dataset)
-        lengths = [int(n) for n in args.lengths.split(",")] if args.lengths else None
+        warn_if_degenerate(result)
         the_plan = plan(result, args.target_loss, args.gpu, args.batch, args.input_tokens, args.output_tokens,
-                        [int(P) for P in args.P.split(",")], args.family, args.tokens, boot, lengths)
+                        args.P, args.family, args.tokens, boot, args.lengths)
         if args.figure:
             frontier_figure(the_plan, result, boot).savefig(args.figure, dpi=SAVE_DPI)
     except ValueError as error:
@@ -353,14 +371,14 @@ def _plan_budget(args) -> int:
     from .budget import budget_plan, print_budget_plan
 
     try:
-        flops = [float(value) for value in args.flops.split(",")]
         if args.fit:
-            result = FitResult.from_json(args.fit)
+            result = load_fit(args.fit)
         else:
             table = load_published(args.published) if args.published else read_results(args.results)
             result = fit(table, form="log-tokens", dataset=args.dataset)
-        table = budget_plan(result, flops, [int(P) for P in args.P.split(",")], args.gpu, args.batch,
-                            args.input_tokens, args.output_tokens, args.family)
+        warn_if_degenerate(result)
+        table = budget_plan(result, args.flops, args.P, args.gpu, args.batch, args.input_tokens, args.output_tokens,
+                            args.family)
     except ValueError as error:
         return report_error(error)
     if args.json:
@@ -368,6 +386,25 @@ def _plan_budget(args) -> int:
     else:
         print_budget_plan(table, args.gpu, args.batch)
     return 0
+
+
+def load_fit(path: Path) -> FitResult:
+    """A saved fit, or one line saying what the file is not."""
+    if not path.is_file():
+        raise ValueError(f"--fit {path}: no such file; save a fit with python -m parscale_law fit ... --json {path}")
+    try:
+        return FitResult.from_json(path)
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"--fit {path} is not a saved fit ({type(error).__name__}: {str(error)[:80]}); pass the JSON "
+                         "of python -m parscale_law fit --json, or a sweep's fit.json") from None
+
+
+def warn_if_degenerate(result: FitResult) -> None:
+    """A plan from a law at a bound or not converged extrapolates a law the data did not pin down: say so."""
+    if result.status != "converged" or result.at_bound:
+        where = f" (at a bound: {', '.join(result.at_bound)})" if result.at_bound else ""
+        print(f"warning: the fit's status is {result.status}{where}: the data do not pin the law down, so this "
+              "plan is not to be trusted; add runs (more sizes or P) and fit again", file=sys.stderr)
 
 
 def _print(the_plan: Plan) -> None:
@@ -384,7 +421,7 @@ def _print(the_plan: Plan) -> None:
             line += f"  [N {format_params(n_low)}-{format_params(n_high) if math.isfinite(n_high) else 'unreachable'}]"
         notes = [note for note, on in (("does not fit the GPU", not o.fits_gpu),
                                        ("P beyond the runs", o.extrapolates_P),
-                                       ("N beyond the runs", o.extrapolates_N)) if on]
+                                       ("N outside the runs", o.extrapolates_N)) if on]
         print(line + (f"  ({'; '.join(notes)})" if notes else ""))
     for P, why in the_plan.skipped.items():
         print(f"  P={P}: none ({why})")

@@ -14,13 +14,13 @@ Nothing here fits that a figure draws from: curves are ``compute_optimal`` of gi
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from parscale_law import PUBLISHED, bootstrap, compute_optimal, fit, load_published, read_results, rollout
+from parscale_law.arguments import CommandParser, count, output_folder, resamples
 from parscale_law.errors import report_error
 
 from .style import SAVE_DPI, new_figure, paper_style
@@ -81,17 +81,18 @@ def _step_colour(index: int, count: int) -> tuple:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.scaling",
-                                     description="Compute-optimal frontier and rollout figures of a fitted law.")
+    parser = CommandParser(prog="python -m analysis.scaling",
+                           description="Compute-optimal frontier and rollout figures of a fitted law.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--published", choices=[*PUBLISHED, "all"], help="a published data set")
     source.add_argument("--results", type=Path, metavar="TABLE", help="a results table (.csv or .parquet)")
     parser.add_argument("--dataset", help="the data set of the table to use")
     parser.add_argument("--form", default="log-tokens", help="the law's form (default log-tokens)")
-    parser.add_argument("--rollout", type=int, default=3, metavar="MIN_SIZES",
+    parser.add_argument("--rollout", type=count, default=3, metavar="MIN_SIZES",
                         help="sizes of the first rollout fit (default 3); 0 for no rollout figure")
-    parser.add_argument("--bootstrap", type=int, default=0, metavar="N", help="resamples for the frontier's bands")
-    parser.add_argument("--out", type=Path, default=Path("outputs/scaling"), help="output folder")
+    parser.add_argument("--bootstrap", type=resamples, default=0, metavar="N",
+                        help="resamples for the frontier's bands")
+    parser.add_argument("--out", type=output_folder, default=Path("outputs/scaling"), help="output folder")
     args = parser.parse_args(argv)
     try:
         table = read_results(args.results) if args.results else load_published(args.published)

@@ -13,14 +13,15 @@ Bad input prints one line on stderr and exits with status 2, writing no output f
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .bootstrap import bootstrap
+from .arguments import CommandParser, count, output_file, positive_floats, resamples, stream_counts
+from .bootstrap import bootstrap, prediction_name
 from .compare import compare_forms
 from .errors import report_error
 from .fit import METHODS, fit
@@ -33,7 +34,7 @@ from .table import read_results
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m parscale_law",
+    parser = CommandParser(prog="python -m parscale_law",
                                      description="Fit parallel scaling laws (ParScale, arXiv 2505.10475).")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                          help="functional form (default: the paper's log form)")
     fit_cmd.add_argument("--method", default="fast", choices=METHODS,
                          help="fast (default) or the paper's 300-start recipe")
-    fit_cmd.add_argument("--bootstrap", type=int, default=0, metavar="N",
+    fit_cmd.add_argument("--bootstrap", type=resamples, default=0, metavar="N",
                          help="resamples for confidence intervals (e.g. 1000)")
     fit_cmd.add_argument("--scheme", default="parametric", choices=SCHEMES,
                          help="how resamples are drawn (default parametric)")
@@ -51,21 +52,24 @@ def main(argv: list[str] | None = None) -> int:
     fit_cmd.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
                          help="hold a parameter at a value, e.g. E=1.7 (repeatable)")
     fit_cmd.add_argument("--weights", metavar="COLUMN", help="column of per-run weights in the objective")
-    fit_cmd.add_argument("--predict", action="append", default=[], metavar="N,P",
-                         help="predicted loss with an interval at (N, P), e.g. 1.1e10,8 (repeatable)")
+    fit_cmd.add_argument("--predict", action="append", default=[], type=positive_floats, metavar="N,P",
+                         help="predicted loss at (N, P), e.g. 1.1e10,8, with an interval under --bootstrap "
+                              "(repeatable)")
     fit_cmd.add_argument("--holdout", metavar="SPEC", help=f"{' | '.join(STANDARD_SPLITS)} | 'TRAIN_QUERY:TEST_QUERY'")
-    fit_cmd.add_argument("--rollout", type=int, default=0, metavar="MIN_SIZES",
+    fit_cmd.add_argument("--rollout", type=count, default=0, metavar="MIN_SIZES",
                          help="also fit on the MIN_SIZES smallest sizes, then one more at a time, predicting the rest")
-    fit_cmd.add_argument("--json", type=Path, metavar="OUT", help="write the result as JSON")
+    fit_cmd.add_argument("--json", type=output_file, metavar="OUT", help="write the result as JSON")
 
     optimal_cmd = commands.add_parser("optimal", help="compute-optimal params and tokens for training budgets")
     _add_source(optimal_cmd)
-    optimal_cmd.add_argument("--flops", required=True, metavar="C1,C2,...", help="training budgets in FLOPs")
-    optimal_cmd.add_argument("--P", default="1", metavar="P1,P2,...", help="stream counts (default 1)")
+    optimal_cmd.add_argument("--flops", required=True, type=positive_floats, metavar="C1,C2,...",
+                             help="training budgets in FLOPs")
+    optimal_cmd.add_argument("--P", default=[1], type=stream_counts, metavar="P1,P2,...",
+                             help="stream counts (default 1)")
     optimal_cmd.add_argument("--form", default="log-tokens", help="a form with a tokens term (default log-tokens)")
-    optimal_cmd.add_argument("--bootstrap", type=int, default=0, metavar="N", help="resamples for intervals")
+    optimal_cmd.add_argument("--bootstrap", type=resamples, default=0, metavar="N", help="resamples for intervals")
     optimal_cmd.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    optimal_cmd.add_argument("--json", type=Path, metavar="OUT", help="write the table as JSON")
+    optimal_cmd.add_argument("--json", type=output_file, metavar="OUT", help="write the table as JSON")
 
     compare_cmd = commands.add_parser("compare", help="compare the built-in forms: R^2, AIC/BIC, held-out error")
     _add_source(compare_cmd)
@@ -73,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "bootstrap", 0):
+            warn_if_few_resamples(args.bootstrap)
         table, datasets = _load(args)
         if args.command == "optimal":
             _optimal(table, datasets, args)
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _add_source(cmd: argparse.ArgumentParser) -> None:
+def _add_source(cmd: CommandParser) -> None:
     source = cmd.add_mutually_exclusive_group(required=True)
     source.add_argument("file", nargs="?", type=Path, help="results table (.csv or .parquet) with params, P, loss")
     source.add_argument("--published", choices=[*PUBLISHED, "all"],
@@ -121,11 +127,63 @@ def _fixed(specs: list[str]) -> dict[str, float]:
     return fixed
 
 
-def _points(specs: list[str]) -> list[tuple[float, ...]]:
-    try:
-        return [tuple(float(v) for v in spec.split(",")) for spec in specs]
-    except ValueError:
-        raise ValueError(f"--predict {specs}: write N,P (N,P,TOKENS for log-tokens), e.g. --predict 1.1e10,8") from None
+def _points(specs: list[list[float]], result) -> list[tuple[float, ...]]:
+    """The --predict points, checked against the form: (N, P), or (N, P, tokens) with a tokens term."""
+    width = 3 if result.law_form.uses_tokens else 2
+    for spec in specs:
+        if len(spec) != width:
+            raise ValueError(f"--predict {','.join(f'{v:g}' for v in spec)}: the {result.form!r} form takes "
+                             f"{'N,P,TOKENS' if width == 3 else 'N,P'}, e.g. --predict 1.1e10,8"
+                             + (",4.2e10" if width == 3 else ""))
+        if spec[1] < 1:
+            raise ValueError(f"--predict {spec[0]:g},{spec[1]:g}: P counts streams and must be >= 1")
+    return [tuple(spec) for spec in specs]
+
+
+MIN_RESAMPLES = 100  # below this a 95% interval rests on its two or three most extreme resamples
+
+
+def warn_if_few_resamples(n: int) -> None:
+    if n < MIN_RESAMPLES:
+        print(f"warning: --bootstrap {n}: too few resamples for a 95% interval (its ends are the 2.5% and 97.5% "
+              f"quantiles of {n} fits); the intervals are rough, use 1000", file=sys.stderr)
+
+
+# A fixed value is refused when the law it leaves explains the losses worse than their mean does (R^2 < 0),
+# and flagged when its objective is this many times the free fit's.
+FIXED_FLAG_RATIO = 10.0
+
+
+def check_fixed_fit(result, table, options) -> str | None:
+    """Refuses a fit whose fixed parameters the data cannot reach; returns a note when the fixed fit is far
+    worse than the free one (None otherwise)."""
+    if not result.fixed:
+        return None
+    fixed = ", ".join(f"{name}={value:g}" for name, value in result.fixed.items())
+    free = fit(table, method="fast", **{**options, "fixed": {}})
+    if result.r2 < 0:
+        raise ValueError(f"--fix {fixed}: the data cannot reach it (R^2 {result.r2:.3g}, objective "
+                         f"{result.objective:.3g} against {free.objective:.3g} free); the free fit has "
+                         + ", ".join(f"{name}={free.params[name]:.4g}" for name in result.fixed))
+    ratio = result.objective / max(free.objective, 1e-300)
+    if ratio > FIXED_FLAG_RATIO:
+        return (f"note: the fixed fit's objective is {ratio:.0f}x the free fit's "
+                + "(" + ", ".join(f"{name}={free.params[name]:.4g}" for name in result.fixed) + " free)")
+    return None
+
+
+def extrapolation_note(table, point: tuple[float, ...], dataset=None) -> str:
+    """'' for a point inside the table's N and P; else what lies beyond the data, e.g. 'N 2.5x the largest run'."""
+    rows = table if dataset is None or "dataset" not in table.columns else table[table["dataset"] == dataset]
+    notes = []
+    largest_N, smallest_N, largest_P = rows["params"].max(), rows["params"].min(), rows["P"].max()
+    if point[0] > largest_N:
+        notes.append(f"N {point[0] / largest_N:.3g}x the largest run")
+    elif point[0] < smallest_N:
+        notes.append(f"N {smallest_N / point[0]:.3g}x below the smallest run")
+    if point[1] > largest_P:
+        notes.append(f"P {point[1]:g} beyond the largest P {largest_P:g}")
+    return f"extrapolated: {', '.join(notes)}" if notes else ""
 
 
 def _fit_one(table: pd.DataFrame, dataset: str | None, args) -> dict:
@@ -133,9 +191,16 @@ def _fit_one(table: pd.DataFrame, dataset: str | None, args) -> dict:
                "fixed": _fixed(args.fix)}
     result = fit(table, method=args.method, **options)
     out = {"dataset": dataset, **result.to_dict()}
+    note = check_fixed_fit(result, table, options)
+    if note:
+        out["note"] = note
+    points = _points(args.predict, result)
+    if points:
+        out["predictions"] = [{"name": prediction_name(point), "loss": float(np.ravel(result.predict(*point))[0]),
+                               "extrapolation": extrapolation_note(table, point, dataset)} for point in points]
     if args.bootstrap:
         out["bootstrap"] = bootstrap(table, n=args.bootstrap, seed=args.seed, scheme=args.scheme,
-                                     predict_at=_points(args.predict), **options).to_dict()
+                                     predict_at=points, **options).to_dict()
     if args.rollout:
         out["rollout"] = rollout(table, min_sizes=args.rollout, form=args.form, method=args.method, dataset=dataset,
                                  loss_column=args.loss_column, fixed=options["fixed"]).to_dict()
@@ -150,6 +215,7 @@ def _print_fits(report: dict) -> None:
         _print_fit(name, out)
         if "bootstrap" in out:
             _print_bootstrap(out["bootstrap"], out["params"])
+        _print_predictions(out)
         if "holdout" in out:
             _print_holdout(out["holdout"])
         if "rollout" in out:
@@ -175,6 +241,8 @@ def _print_fit(name: str | None, out: dict) -> None:
         print(f"  fixed: {', '.join(f'{k}={v:g}' for k, v in out['fixed'].items())}")
     if out["status"] != "converged":
         print(f"  ({out['reason']})")
+    if out.get("note"):
+        print(f"  {out['note']}")
 
 
 def _print_bootstrap(boot: dict, params: dict) -> None:
@@ -184,8 +252,18 @@ def _print_bootstrap(boot: dict, params: dict) -> None:
     if boot["p_effect"]:
         print(f"  streams: {boot['p_effect']}")
     for row in boot["intervals"]:
-        if row["name"] not in params:
+        if row["name"] not in params and not row["name"].startswith("loss@"):
             print(f"    {row['name']:<18} {row['estimate']:.4g}   [{row['low']:.4g}, {row['high']:.4g}]")
+
+
+def _print_predictions(out: dict) -> None:
+    """Each --predict point: the loss (its interval is in the bootstrap's rows), flagged when extrapolated."""
+    intervals = {row["name"]: row for row in out.get("bootstrap", {}).get("intervals", [])}
+    for prediction in out.get("predictions", []):
+        row = intervals.get(prediction["name"])
+        interval = f"   [{row['low']:.4g}, {row['high']:.4g}]" if row else "   (no interval: add --bootstrap 1000)"
+        flag = f"   ({prediction['extrapolation']})" if prediction["extrapolation"] else ""
+        print(f"  {prediction['name']:<26} {prediction['loss']:.4g}{interval}{flag}")
 
 
 def _print_holdout(check: dict) -> None:
@@ -204,7 +282,7 @@ def _print_rollout(rolled: dict) -> None:
 
 def _optimal(table: pd.DataFrame, datasets: list[str | None], args) -> None:
     """Per data set, the compute-optimal allocation of each budget (with bootstrap intervals if asked)."""
-    flops, P = _numbers(args.flops, "--flops"), _numbers(args.P, "--P")
+    flops, P = args.flops, args.P
     payload = {}
     for name in datasets:
         result = fit(table, form=args.form, dataset=name)
@@ -217,13 +295,6 @@ def _optimal(table: pd.DataFrame, datasets: list[str | None], args) -> None:
     if args.json:
         args.json.write_text(json.dumps(payload, indent=2, default=_json_default))
         print(f"wrote {args.json}")
-
-
-def _numbers(spec: str, option: str) -> list[float]:
-    try:
-        return [float(part) for part in spec.split(",")]
-    except ValueError:
-        raise ValueError(f"{option} {spec!r}: write numbers separated by commas, e.g. {option} 1e21,1e22") from None
 
 
 def _interval(out: dict, key: str):

@@ -39,22 +39,30 @@ RESULT_COLUMNS = ("dataset", "size", "params", "P", "loss", "tokens", "run_id", 
 DONE_STATUS = "done"
 
 
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
 def read_results(path: str | Path) -> pd.DataFrame:
     """Read a results table from CSV or Parquet (chosen by the file's extension)."""
     path = Path(path)
     if not path.exists():
         raise InvalidTableError(f"{path}: no such file; pass a CSV or Parquet results table")
     suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    if suffix in (".csv", ".txt"):
-        return pd.read_csv(path)
-    raise InvalidTableError(f"{path}: unknown extension {suffix!r}; use .csv or .parquet")
+    if path.is_dir() or suffix not in TABLE_SUFFIXES + (".txt",):
+        raise InvalidTableError(f"{path}: not a .csv or .parquet file; pass a CSV or Parquet results table")
+    try:
+        return pd.read_parquet(path) if suffix in (".parquet", ".pq") else pd.read_csv(path)
+    except (ValueError, OSError) as error:  # pandas' EmptyDataError and ParserError, pyarrow's ArrowInvalid
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InvalidTableError(f"{path}: cannot be read as a table ({first}); pass a CSV or Parquet results table") \
+            from None
 
 
 def write_results(table: pd.DataFrame, path: str | Path) -> None:
     """Write a results table as CSV or Parquet (by extension), columns in the documented order."""
     path = Path(path)
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise InvalidTableError(f"{path}: a results table is written as .csv or .parquet; name the file so")
     ordered = [c for c in RESULT_COLUMNS if c in table.columns] + [c for c in table.columns if c not in RESULT_COLUMNS]
     table = table[ordered]
     if path.suffix.lower() in (".parquet", ".pq"):

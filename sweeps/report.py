@@ -4,23 +4,23 @@ runs the same at its end)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from parscale_law.arguments import CommandParser, resamples
 from parscale_law.errors import exits_on
+from sweeps.grid.cells import check_sweep_dir
 from sweeps.grid.report import report
 
 
 @exits_on(ValueError)
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sweeps.report", description=__doc__)
+    parser = CommandParser(prog="python -m sweeps.report", description=__doc__)
     parser.add_argument("sweep_dir", type=Path)
-    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--bootstrap", type=resamples, default=1000, metavar="N",
+                        help="resamples for the fit's intervals; 0 for none (default 1000)")
     args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        raise ValueError(f"{args.sweep_dir} is not a directory; pass the sweep directory the launcher printed")
-    return 0 if report(args.sweep_dir, args.bootstrap) else 1
+    return 0 if report(check_sweep_dir(args.sweep_dir), args.bootstrap) else 1
 
 
 if __name__ == "__main__":

@@ -4,14 +4,14 @@ failed) and a count of each state."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
+from parscale_law.arguments import CommandParser
 from parscale_law.errors import exits_on
-from sweeps.grid.cells import STATES, sweep_cells
+from sweeps.grid.cells import STATES, check_sweep_dir, sweep_cells
 
 
 def format_cells(cells) -> str:
@@ -39,12 +39,10 @@ def format_cells(cells) -> str:
 
 @exits_on(ValueError)
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sweeps.status", description=__doc__)
+    parser = CommandParser(prog="python -m sweeps.status", description=__doc__)
     parser.add_argument("sweep_dir", type=Path)
     args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        raise ValueError(f"{args.sweep_dir} is not a directory; pass the sweep directory the launcher printed")
-    print(format_cells(sweep_cells(args.sweep_dir)))
+    print(format_cells(sweep_cells(check_sweep_dir(args.sweep_dir))))
     return 0
 
 

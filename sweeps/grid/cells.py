@@ -64,6 +64,23 @@ class Manifest:
         return cls(**data)
 
 
+def check_sweep_dir(sweep_dir: Path) -> Path:
+    """``sweep_dir`` if it is a sweep the launcher started (it holds sweep.json), else one line saying what it is."""
+    sweep_dir = Path(sweep_dir)
+    launch = "pass the folder python -m sweeps.launch printed (multirun/<grid>-<scale>)"
+    if not sweep_dir.exists():
+        raise ConfigError(f"{sweep_dir} does not exist; {launch}")
+    if not sweep_dir.is_dir():
+        raise ConfigError(f"{sweep_dir} is a file, not a sweep folder; {launch}")
+    if not (sweep_dir / MANIFEST).exists():
+        if (sweep_dir / "plan.json").exists():
+            raise ConfigError(f"{sweep_dir} holds only a dry run's plan (plan.json), not a sweep: nothing was launched "
+                              "there; launch the same command without sweep.dry_run=true")
+        raise ConfigError(f"{sweep_dir} is not a sweep folder (no {MANIFEST}, which the launcher writes first); "
+                          f"{launch}")
+    return sweep_dir
+
+
 @dataclass
 class CellState:
     name: str

@@ -54,6 +54,19 @@ def collect_wandb_files(directory: str | Path, group: str | None = None) -> pd.D
     return _table(rows_from_wandb(run for run in runs if group is None or run.group == group))
 
 
+def wandb_mode_of(sweep_dir: str | Path) -> str | None:
+    """The wandb mode the runs below ``sweep_dir`` were configured with (their config.yaml), if they agree."""
+    import yaml
+
+    modes = set()
+    for config in Path(sweep_dir).glob("*/config.yaml"):
+        try:
+            modes.add(yaml.safe_load(config.read_text()).get("wandb", {}).get("mode"))
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+    return modes.pop() if len(modes) == 1 else None
+
+
 def collect_wandb(path: str, group: str | None = None, api=None) -> pd.DataFrame:
     """The results table from the wandb API: ``path`` is ENTITY/PROJECT, ``group`` the grid's group;
     ``api`` is a ``wandb.Api()`` (made here by default)."""
