@@ -16,7 +16,6 @@ Writes gpu_check.json (every number) and gpu_check.md (the tables)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -24,7 +23,9 @@ from pathlib import Path
 
 import torch
 
+from analysis.gpus import gpu_name
 from models.sizes import PAPER_P_VALUES, PAPER_SIZES, TINY_SIZES
+from parscale_law.arguments import CommandParser, output_folder, positive_float, positive_int
 from sweeps.grid import resources
 from sweeps.grid.resource_plan import Hardware, plan_resources
 from sweeps.run import distributed
@@ -167,24 +168,30 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sweeps.gpu_check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gpu", default=None, help="the GPU's name for the planner (default: from the device)")
+    parser = CommandParser(prog="python -m sweeps.gpu_check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gpu", default=None, type=gpu_name,
+                        help="the GPU's name for the planner (default: from the device)")
     parser.add_argument("--cells", default="all", help="comma-separated SIZE-PN, e.g. 0.5B-P1,4.4B-P8")
-    parser.add_argument("--budget-s", type=float, default=420.0)
-    parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--budget-s", type=positive_float, default=420.0)
+    parser.add_argument("--seq-len", type=positive_int, default=2048)
     parser.add_argument("--tiny", action="store_true", help="tiny sizes on this machine (a check of the check)")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-decoding", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("gpu_check"))
+    parser.add_argument("--out", type=output_folder, default=Path("gpu_check"))
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-
-    env = distributed.init(single_process_group=True)
     sizes = TINY_SIZES if args.tiny else PAPER_SIZES
     cells = [(size, p) for size in sizes for p in PAPER_P_VALUES]
     if args.cells != "all":
         wanted = set(args.cells.split(","))
+        unknown = sorted(wanted - {f"{size}-P{p}" for size, p in cells})
+        if unknown:
+            parser.error(f"argument --cells: unknown cell(s) {', '.join(unknown)}; choose among "
+                         f"{cells[0][0]}-P{cells[0][1]} ... {cells[-1][0]}-P{cells[-1][1]} (sizes {', '.join(sizes)}; "
+                         f"P {', '.join(map(str, PAPER_P_VALUES))})")
         cells = [(size, p) for size, p in cells if f"{size}-P{p}" in wanted]
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    env = distributed.init(single_process_group=True)
     cells.sort(key=lambda cell: (cell[0] not in ("0.5B", "4.4B"), -resources.shape_of(*cell).total_params * cell[1]))
     seq_len = 64 if args.tiny else args.seq_len
     settings = {"gpu": args.gpu or _gpu_name(), "gpus_per_node": 1, "max_nodes": 1, "mfu": 0.4,

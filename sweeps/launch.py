@@ -16,37 +16,56 @@ import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sweeps.errors import ConfigError, one_line
+from parscale_law.arguments import check_output_folder
+from parscale_law.errors import report_error
+from sweeps.errors import one_line
 from sweeps.grid.cells import cell_config
+from sweeps.grid.resource_plan import check_planner_settings
 from sweeps.grid.run_cell import requeue_slurm_job, run_cell
 from sweeps.run.config import CONF_DIR, check_group_choices
 
 
 def check_choices(arguments: list[str]) -> None:
-    """One-line errors for a missing or unknown grid or scale, and for sizes or data sets that the grid's
-    cells would name but conf/ lacks (Hydra's own messages span a dozen lines)."""
+    """Everything that can be checked before Hydra writes the sweep folder, each refused in one line (exit 2):
+    the grid and scale named, sizes and data sets in conf/, the sweep folder's path, the SLURM planner's
+    settings, and each value the grid sweeps over (one cell composed per value, e.g. scale.P=0)."""
     grids = sorted(path.stem for path in (CONF_DIR / "grid").glob("*.yaml"))
     scales = sorted(path.stem for path in (CONF_DIR / "scale").glob("*.yaml"))
     chosen = {item.lstrip("+").partition("=")[0]: item.partition("=")[2] for item in arguments if "=" in item}
     if "grid" not in chosen:
-        raise SystemExit(f"error: choose a grid: python -m sweeps.launch +grid={grids[0]} (grids: {', '.join(grids)})")
+        _refuse(f"choose a grid: python -m sweeps.launch +grid={grids[0]} (grids: {', '.join(grids)})")
     for group, known in (("grid", grids), ("scale", scales)):
         if group in chosen and chosen[group] not in known:
-            raise SystemExit(f"error: unknown {group} {chosen[group]!r}: "
-                             f"choose one of {', '.join(known)} (conf/{group}/*.yaml)")
+            _refuse(f"unknown {group} {chosen[group]!r}: choose one of {', '.join(known)} (conf/{group}/*.yaml)")
     try:
         # A list of stage-2 fractions (stage2_fraction=a,b) is the sweeper's to expand: the grid composes without
         # it. Other lists must be quoted scale settings (scale.sizes='a,b'), and composing says so.
-        fixed = [item for item in OverridesParser.create().parse_overrides(arguments)
+        fixed = [item.input_line for item in OverridesParser.create().parse_overrides(arguments)
                  if not (item.is_sweep_override() and item.key_or_group == "stage2_fraction")]
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="launch", overrides=[item.input_line for item in fixed], return_hydra_config=True)
-        sweep = {key: str(value) for key, value in cfg.hydra.sweeper.params.items()}
-        check_group_choices([f"{key}={value}" for key, value in sweep.items()])
-    except (HydraException, OmegaConfBaseException, ConfigError) as error:
-        raise SystemExit(f"error: {one_line(error)}") from None
+        cfg = _compose(fixed)
+        sweep = {key: str(value).split(",") for key, value in cfg.hydra.sweeper.params.items()}
+        check_group_choices([f"{key}={','.join(values)}" for key, values in sweep.items()])
+        check_output_folder(str(cfg.hydra.sweep.dir), "hydra.sweep.dir")
+        if "mfu" in cfg.hydra.launcher:  # the SLURM launcher plans GPUs from these
+            check_planner_settings(OmegaConf.to_container(cfg.hydra.launcher, resolve=True))
+        for key, values in sweep.items():
+            for value in values:
+                one_cell = [f"{other}={choices[0]}" for other, choices in sweep.items() if other != key]
+                cell_config(_compose([*fixed, *one_cell, f"{key}={value}"], with_hydra=False), run_dir=".")
+    except (HydraException, OmegaConfBaseException, ValueError) as error:  # ConfigError, ResourcePlanError, ...
+        _refuse(one_line(error))
+
+
+def _compose(overrides: list[str], with_hydra: bool = True):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="launch", overrides=overrides, return_hydra_config=with_hydra)
+
+
+def _refuse(message: str) -> None:
+    raise SystemExit(report_error(ValueError(message)))
 
 
 # An absolute path: a relative one would be resolved as a Python package when this module is imported.

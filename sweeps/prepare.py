@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import sys
 
+from parscale_law.arguments import check_output_folder
 from parscale_law.errors import report_error
 from sweeps.data.config import DataConfig
 from sweeps.data.preparation import prepare
-from sweeps.errors import ConfigError, one_line
+from sweeps.errors import ConfigError, first_line, one_line
 from sweeps.run.config import CONF_DIR, check_group_choices
 
-# The command's own settings (the rest of its arguments are conf/data overrides) and their types.
+# The command's own settings (the rest of its arguments are conf/data overrides) and their types: each must be
+# > 0 (a folder for out).
 OPTIONS = {"out": str, "workers": int, "segment_bytes": int, "commit_interval_s": float, "report_interval_s": float}
 
 
@@ -40,6 +42,8 @@ def parse_arguments(argv: list[str]) -> tuple[DataConfig, dict]:
                 options[key] = OPTIONS[key](value)
             except ValueError:
                 raise ConfigError(f"{key}={value}: expected a {OPTIONS[key].__name__}") from None
+            if key != "out" and not options[key] > 0:
+                raise ConfigError(f"{key}={value}: must be > 0")
         elif key == "data" or key.startswith("data."):
             overrides.append(item)
         else:
@@ -47,6 +51,7 @@ def parse_arguments(argv: list[str]) -> tuple[DataConfig, dict]:
                               f"[{' '.join(f'{name}=...' for name in list(OPTIONS)[1:])}] [data.KEY=VALUE ...]")
     if "out" not in options or not any(item.startswith("data=") for item in overrides):
         raise ConfigError("usage: python -m sweeps.prepare data=NAME out=DIR (NAME: a conf/data/*.yaml)")
+    check_output_folder(options["out"], "out")
     check_group_choices(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -67,8 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data, options = parse_arguments(sys.argv[1:] if argv is None else argv)
         prepare(data, **options)
-    except ConfigError as error:
+    except ValueError as error:  # ConfigError, and a bad out= path
         return report_error(error)
+    except OSError as error:  # the source or the tokenizer cannot be read: offline, no access, a missing file
+        return report_error(ValueError(
+            f"data={data.name}: cannot read {data.path or data.source} or tokenizer {data.tokenizer} "
+            f"({first_line(error)[:160]}); run where they can be reached (the hub: network, HF_TOKEN), or point "
+            "data.path / data.tokenizer to local copies"))
     except KeyboardInterrupt:
         print("interrupted: the same command resumes from the last commit", file=sys.stderr)
         return 130

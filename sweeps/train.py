@@ -12,8 +12,9 @@ import sys
 
 import hydra
 
+from parscale_law.arguments import check_output_folder
 from parscale_law.errors import report_error
-from sweeps.errors import ConfigError
+from sweeps.errors import ConfigError, one_line
 from sweeps.run.config import CONF_DIR, check_group_choices, from_mapping
 from sweeps.run.loop import train
 
@@ -27,10 +28,34 @@ def _app(cfg) -> None:
         sys.exit(report_error(error))
 
 
+def check_overrides(overrides: list[str]) -> None:
+    """The run's config and its run folder, checked before Hydra creates that folder: a bad setting leaves
+    nothing behind. Hydra's own flags (--cfg, --multirun, ...) are left to Hydra."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    check_group_choices(overrides)
+    if any(item.startswith("-") for item in overrides):
+        return
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        run_dir = str(cfg.hydra.run.dir)
+        check_output_folder(run_dir, "hydra.run.dir")
+        with open_dict(cfg):
+            cfg.pop("hydra")
+            cfg.run_dir = run_dir
+        from_mapping(OmegaConf.to_container(cfg, resolve=True))
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(one_line(error)) from None
+
+
 def main() -> None:
     try:
-        check_group_choices(sys.argv[1:])
-    except ConfigError as error:
+        check_overrides(sys.argv[1:])
+    except ValueError as error:  # ConfigError, and a run folder that cannot be made
         sys.exit(report_error(error))
     _app()
 

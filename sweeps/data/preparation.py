@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import os
 import platform
+import shutil
 import sys
 import time
 from collections import deque
@@ -62,16 +63,25 @@ def prepare(data: DataConfig, out: str | Path, workers: int | None = None, segme
     `report(progress, line)` is called after every segment written (default: print `line` every
     report_interval_s seconds)."""
     out = Path(out)
+    new = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with _locked(out):
-        if (out / MANIFEST).exists():
-            manifest = read_manifest(out)
-            if manifest["source"] != source_of(data):
-                prepared = manifest["source"]["path"] or manifest["source"]["source"]
-                raise ConfigError(f"out={out} holds a preparation of other data ({prepared}); "
-                                  "use another out=DIR or delete it")
-            return manifest
-        return _prepare(data, out, workers or cores(), segment_bytes, commit_interval_s, report_interval_s, report)
+    try:
+        with _locked(out):
+            if (out / MANIFEST).exists():
+                manifest = read_manifest(out)
+                if manifest["source"] != source_of(data):
+                    prepared = manifest["source"]["path"] or manifest["source"]["source"]
+                    raise ConfigError(f"out={out} holds a preparation of other data ({prepared}); "
+                                      "use another out=DIR or delete it")
+                return manifest
+            return _prepare(data, out, workers or cores(), segment_bytes, commit_interval_s, report_interval_s,
+                            report)
+    except BaseException:
+        # A preparation that failed before writing a token (no source, no tokenizer, offline) leaves no folder,
+        # so the next try does not find a stale lock and an empty "preparation" there.
+        if new and {path.name for path in out.iterdir()} <= {".lock"}:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _prepare(data, out, workers, segment_bytes, commit_interval_s, report_interval_s, report) -> dict:

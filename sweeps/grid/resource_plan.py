@@ -35,6 +35,40 @@ class ResourcePlanError(ValueError):
     """A cell the hardware cannot run; the message is one line that says what to change."""
 
 
+# The planner's settings (hydra.launcher.*) and what each must be: (test, what it means).
+PLANNER_RANGES = {
+    "gpus_per_node": (lambda v: v >= 0 and float(v).is_integer(), "a whole number >= 0 (0: CPU-only cells)"),
+    "max_nodes": (lambda v: v >= 1 and float(v).is_integer(), "a whole number of nodes >= 1"),
+    "mfu": (lambda v: 0 < v <= 1, "a fraction of the GPU's peak in (0, 1], e.g. 0.4"),
+    "target_hours": (lambda v: v > 0, "a number of hours > 0"),
+    "startup_min": (lambda v: v >= 0, "a number of minutes >= 0"),
+    "checkpoint_write_gbps": (lambda v: v > 0, "a bandwidth in GB/s > 0"),
+    "filesystem_gbps": (lambda v: v > 0, "a bandwidth in GB/s > 0"),
+    "gpu_mem_gb": (lambda v: v > 0, "a memory in GB > 0, or null for the GPU's own"),
+}
+
+
+def check_planner_settings(settings: dict) -> None:
+    """One line naming the first planner setting outside its meaning, or the unknown GPU with the known ones."""
+    from analysis.gpus import get_gpu, gpu_names
+
+    try:
+        get_gpu(settings["gpu"])
+    except ValueError:
+        raise ResourcePlanError(f"hydra.launcher.gpu={settings['gpu']}: unknown GPU; choose one of "
+                                f"{', '.join(gpu_names())} (analysis/gpus.py)") from None
+    for key, (holds, meaning) in PLANNER_RANGES.items():
+        value = settings.get(key)
+        if value is None:
+            continue
+        try:
+            ok = math.isfinite(float(value)) and holds(float(value))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ResourcePlanError(f"hydra.launcher.{key}={value}: must be {meaning}")
+
+
 @dataclass(frozen=True)
 class Hardware:
     """The cluster as the launcher settings describe it."""
@@ -55,6 +89,7 @@ class Hardware:
     def from_settings(cls, settings: dict, timeout_min: float) -> Hardware:
         from analysis.gpus import get_gpu
 
+        check_planner_settings(settings)
         spec = get_gpu(settings["gpu"])
         memory = settings.get("gpu_mem_gb")
         return cls(

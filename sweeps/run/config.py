@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -77,6 +78,14 @@ class OptimConfig:
     parscale_weight_decay: float | None = None  # on the prefixes and aggregator's matrices; None: weight_decay
 
     def check(self) -> None:
+        for name, rate in [("lr", self.lr), *((f"lr_by_size.{size}", lr) for size, lr in self.lr_by_size.items())]:
+            if not 0 < rate < math.inf:
+                raise ConfigError(f"optim.{name}={rate} must be a learning rate > 0, e.g. 3e-3")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and self.eps > 0):
+            raise ConfigError("optim.beta1 and optim.beta2 must lie in [0, 1) and optim.eps be > 0")
+        if not (self.weight_decay >= 0 and self.grad_clip >= 0 and 0 <= self.min_lr_ratio <= 1):
+            raise ConfigError("optim.weight_decay and optim.grad_clip must be >= 0 (0: off) and optim.min_lr_ratio "
+                              "lie in [0, 1]")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"optim.schedule={self.schedule!r} is unknown; use one of {', '.join(SCHEDULES)}")
         if not 0 <= self.warmup_fraction < 1 or not 0 < self.decay_fraction <= 1:
