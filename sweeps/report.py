@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from parscale_law.arguments import CommandParser, resamples
+from parscale_law.cli import warn_if_few_resamples
 from parscale_law.errors import exits_on
 from sweeps.grid.cells import check_sweep_dir
 from sweeps.grid.report import report
@@ -20,7 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=resamples, default=1000, metavar="N",
                         help="resamples for the fit's intervals; 0 for none (default 1000)")
     args = parser.parse_args(argv)
-    return 0 if report(check_sweep_dir(args.sweep_dir), args.bootstrap) else 1
+    sweep_dir = check_sweep_dir(args.sweep_dir)
+    if args.bootstrap:
+        warn_if_few_resamples(args.bootstrap)
+    return 0 if report(sweep_dir, args.bootstrap) else 1
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 from hydra.experimental.callback import Callback
 
-from parscale_law import InvalidTableError, bootstrap
+from parscale_law import InvalidTableError, bootstrap, fit
 from parscale_law.table import write_results
 from sweeps.grid.cells import STATES, sweep_cells
 from sweeps.grid.collect import collect_runs
@@ -54,13 +54,14 @@ def report(sweep_dir: Path, n_bootstrap: int = 1000, seed: int = 0) -> bool:
 
 def _fit_and_draw(table: pd.DataFrame, out_dir: Path, n_bootstrap: int, seed: int) -> None:
     try:
-        boot = bootstrap(table, n=n_bootstrap, seed=seed)
+        boot = bootstrap(table, n=n_bootstrap, seed=seed) if n_bootstrap else None
+        result = boot.point if boot else fit(table)
     except InvalidTableError as error:
         print(f"  no fit: {error}")
         return
-    result = boot.point
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "fit.json").write_text(json.dumps({**result.to_dict(), "bootstrap": boot.to_dict()}, indent=2))
+    (out_dir / "fit.json").write_text(json.dumps({**result.to_dict(), "bootstrap": boot.to_dict() if boot else None},
+                                                 indent=2))
     figure_dir = out_dir / "figures"
     from analysis import figures
 
@@ -78,16 +79,20 @@ VERDICTS = {
 
 
 def _print_summary(result, boot, table: pd.DataFrame) -> None:
-    k_low, k_high = boot.interval("k")
-    m_low, m_high = boot.interval("multiplier@P=8")
     multiplier = float(result.multiplier([8.0])[0])
-    print(
-        f"  law: E={result.params['E']:.4g} A={result.params['A']:.4g} alpha={result.params['alpha']:.4g} "
-        f"k={result.params['k']:.4g} [{k_low:.3g}, {k_high:.3g}]  R^2={result.r2:.4f} ({result.status})\n"
-        f"  P = 8 streams act like {multiplier:.3g}x the parameters [{m_low:.3g}, {m_high:.3g}] "
-        f"({boot.level:.0%} {boot.scheme} bootstrap, {boot.fraction_at_bound:.0%} of resamples at a bound)\n"
-        f"  {VERDICTS[boot.p_effect]}"
-    )
+    largest_P = float(table["P"].max())
+    k_interval = "[{:.3g}, {:.3g}]".format(*boot.interval("k")) if boot else "(no interval)"
+    print(f"  law: E={result.params['E']:.4g} A={result.params['A']:.4g} alpha={result.params['alpha']:.4g} "
+          f"k={result.params['k']:.4g} {k_interval}  R^2={result.r2:.4f} ({result.status})")
+    extrapolated = f" (extrapolated: this grid's largest P is {largest_P:g})" if largest_P < 8 else ""
+    if boot is None:
+        print(f"  P = 8 streams act like {multiplier:.3g}x the parameters{extrapolated}\n"
+              "  no bootstrap (--bootstrap 0), so no verdict on the streams; report again with --bootstrap 1000")
+    else:
+        m_low, m_high = boot.interval("multiplier@P=8")
+        print(f"  P = 8 streams act like {multiplier:.3g}x the parameters [{m_low:.3g}, {m_high:.3g}] "
+              f"({boot.level:.0%} {boot.scheme} bootstrap, {boot.fraction_at_bound:.0%} of resamples at a bound)"
+              f"{extrapolated}\n  {VERDICTS[boot.p_effect]}")
     for size, rows in table.groupby("size", sort=False):
         by_P = rows.groupby("P")["loss"].mean().sort_index()
         base = int(by_P.index[0])  # P = 1 in the paper's grid; the smallest P of a grid without it

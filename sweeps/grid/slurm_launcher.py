@@ -256,8 +256,9 @@ class SlurmGridLauncher(SlurmLauncher):
         offered = [gres[partition]] if partition in gres else list(gres.values())
         if self.params.get("gpus_per_node") and gres and not any("gpu" in value for value in offered):
             raise LaunchError(
-                f"hydra.launcher.gpus_per_node={self.params['gpus_per_node']} but {partition or 'no partition'} "
-                "offers no GPUs (sinfo GRES); choose a GPU partition with hydra.launcher.partition=NAME, "
+                f"hydra.launcher.gpus_per_node={self.params['gpus_per_node']} but "
+                f"{f'partition {partition} offers' if partition else 'no partition of this cluster offers'} "
+                "GPUs (sinfo GRES); choose a GPU partition with hydra.launcher.partition=NAME, "
                 "or set hydra.launcher.gpus_per_node=0"
             )
 
