@@ -117,8 +117,7 @@ class BatchedRefit:
             H = H * (free[:, :, None] & free[:, None, :]) + np.eye(H.shape[1]) * held[:, :, None]
             scale = np.maximum(np.einsum("rmm->rm", H), 1e-300)
             H = H + (damping[a][:, None] * scale)[:, :, None] * np.eye(H.shape[1])
-            with np.errstate(all="ignore"):
-                step = -np.linalg.solve(H, gradient[:, :, None])[:, :, 0]
+            step = -_solve_rows(H, gradient)
             candidate = np.clip(Z[a] + step, self.low, self.high)
             new_value, new_r, new_predicted, new_derivative = self._objective(candidate, log_y[a], W[a], delta)
             better = new_value <= value[a]
@@ -177,3 +176,20 @@ def refit_resamples(form, data, problem, point, losses, weights, delta: float, f
         result.not_identified = point.not_identified
         results.append(result)
     return results
+
+
+def _solve_rows(H: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+    """H[i]^-1 gradient[i] for every row; a row whose system is singular (a resample whose law lost a term's
+    influence on every run) gets NaN, so its step is rejected and its damping grows until the one-by-one fit
+    takes it over."""
+    with np.errstate(all="ignore"):
+        try:
+            return np.linalg.solve(H, gradient[:, :, None])[:, :, 0]
+        except np.linalg.LinAlgError:
+            steps = np.full_like(gradient, np.nan)
+            for i in range(len(H)):
+                try:
+                    steps[i] = np.linalg.solve(H[i], gradient[i])
+                except np.linalg.LinAlgError:
+                    continue
+            return steps

@@ -210,3 +210,16 @@ def test_the_table_covers_every_command():
                         "sweeps.gpu_check"}
     assert len(CASES) >= 60 and len({case[0] for case in CASES}) == len(CASES)
     assert json.dumps(CASES)  # every case is plain data
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [
+    ["parscale_law", "fit", "--published", "pile", "--bootstrap", "200", "--predict", "1.1e10,8"],
+    ["analysis.plan", "--published", "pile", "--target-loss", "1.9", "--bootstrap", "100"],
+    ["analysis.cost", "--size", "4.4B", "--P", "8", "--batch", "64"],
+], ids=["fit", "plan", "cost"])
+def test_good_input_reaches_the_terminal_without_library_warnings(tmp_path, command):
+    done = subprocess.run([sys.executable, "-m", *command], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Warning" not in done.stderr and "warnings.warn" not in done.stderr, done.stderr[-3000:]
