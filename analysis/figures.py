@@ -32,8 +32,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from parscale_law import DATASETS, FitResult, bootstrap, fit, heldout_checks, load_published, prepare, read_results
-from parscale_law.arguments import CommandParser, output_folder, resamples
-from parscale_law.cli import warn_if_few_resamples
+from parscale_law.arguments import CommandParser, output_folder, resamples, warn_if_few_resamples
 from parscale_law.errors import report_error
 
 from . import cost, tables

@@ -47,8 +47,8 @@ from parscale_law.arguments import (
     positive_ints,
     resamples,
     stream_counts,
+    warn_if_few_resamples,
 )
-from parscale_law.cli import warn_if_few_resamples
 from parscale_law.errors import report_error
 from parscale_law.optimal import one_P_of
 

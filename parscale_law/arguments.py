@@ -93,20 +93,22 @@ def output_folder(text: str) -> Path:
     return path
 
 
-def check_output_file(path: str | Path, setting: str) -> None:
-    """`output_file` for a path that does not come through argparse (a Hydra setting): raises ValueError."""
-    try:
-        output_file(str(path))
-    except argparse.ArgumentTypeError as error:
-        raise ValueError(f"{setting}: {error}") from None
-
-
 def check_output_folder(path: str | Path, setting: str) -> None:
     """`output_folder` for a path that does not come through argparse (a Hydra setting): raises ValueError."""
     try:
         output_folder(str(path))
     except argparse.ArgumentTypeError as error:
         raise ValueError(f"{setting}={path}: {error}") from None
+
+
+MIN_RESAMPLES = 100  # below this a 95% interval rests on its two or three most extreme resamples
+
+
+def warn_if_few_resamples(n: int) -> None:
+    """Too few resamples for the intervals a command prints: said on stderr, and the command goes on."""
+    if n < MIN_RESAMPLES:
+        print(f"warning: --bootstrap {n}: too few resamples for a 95% interval (its ends are the 2.5% and 97.5% "
+              f"quantiles of {n} fits); the intervals are rough, use 1000", file=sys.stderr)
 
 
 def _check_writable_folder(folder: Path, text: str, create: bool) -> None:

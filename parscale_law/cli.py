@@ -14,13 +14,20 @@ Bad input prints one line on stderr and exits with status 2, writing no output f
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .arguments import CommandParser, count, output_file, positive_floats, resamples, stream_counts
+from .arguments import (
+    CommandParser,
+    count,
+    output_file,
+    positive_floats,
+    resamples,
+    stream_counts,
+    warn_if_few_resamples,
+)
 from .bootstrap import bootstrap, prediction_name
 from .compare import compare_forms
 from .errors import report_error
@@ -138,15 +145,6 @@ def _points(specs: list[list[float]], result) -> list[tuple[float, ...]]:
         if spec[1] < 1:
             raise ValueError(f"--predict {spec[0]:g},{spec[1]:g}: P counts streams and must be >= 1")
     return [tuple(spec) for spec in specs]
-
-
-MIN_RESAMPLES = 100  # below this a 95% interval rests on its two or three most extreme resamples
-
-
-def warn_if_few_resamples(n: int) -> None:
-    if n < MIN_RESAMPLES:
-        print(f"warning: --bootstrap {n}: too few resamples for a 95% interval (its ends are the 2.5% and 97.5% "
-              f"quantiles of {n} fits); the intervals are rough, use 1000", file=sys.stderr)
 
 
 # A fixed value is refused when the law it leaves explains the losses worse than their mean does (R^2 < 0),

@@ -7,8 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from parscale_law.arguments import CommandParser, resamples
-from parscale_law.cli import warn_if_few_resamples
+from parscale_law.arguments import CommandParser, resamples, warn_if_few_resamples
 from parscale_law.errors import exits_on
 from sweeps.grid.cells import check_sweep_dir
 from sweeps.grid.report import report

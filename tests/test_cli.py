@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from parscale_law import PAPER_FITS, compare_forms, load_published
@@ -103,3 +104,30 @@ def test_benchmark_command_reports_speed_up_and_objectives(capsys):
     assert out.count("4 resamples") == 2 * 3  # every scheme, both data sets
     schemes = [line[14:25].strip() for line in out.splitlines() if line.startswith(("size offsets", "iid"))]
     assert schemes == ["row", "size", "parametric"] * 2
+
+
+def test_a_prediction_without_bootstrap_is_the_point_and_says_where_it_extrapolates(capsys):
+    assert main(["fit", "--published", "pile", "--predict", "1.1e10,8", "--predict", "1e9,2"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "loss@" in line]
+    assert len(lines) == 2 and "no interval: add --bootstrap" in lines[0]
+    assert "extrapolated: N 2.49x the largest run" in lines[0] and "extrapolated" not in lines[1]
+
+
+def test_too_few_resamples_are_warned_and_a_far_fixed_value_is_noted_or_refused(capsys):
+    assert main(["fit", "--published", "pile", "--bootstrap", "20"]) == 0
+    assert capsys.readouterr().err.startswith("warning: --bootstrap 20: too few resamples")
+    assert main(["fit", "--published", "pile", "--fix", "E=1.8"]) == 0  # objective 10.3x the free fit's: noted
+    assert "note: the fixed fit's objective is" in capsys.readouterr().out
+    assert main(["fit", "--published", "pile", "--fix", "E=5"]) == 2
+    assert "--fix E=5: the data cannot reach it" in capsys.readouterr().err
+
+
+def test_a_plan_from_a_fit_at_a_bound_is_warned(tmp_path, capsys):
+    from analysis.plan import main as plan_main
+
+    # Flat losses: no N effect to fit, so A runs to its bound.
+    rows = [{"params": N * (1 + 0.05 * (P - 1)), "P": P, "loss": 3.0 + 0.01 * (P - 1)}
+            for N in (1e6, 2e6, 4e6, 8e6) for P in (1, 2)]
+    pd.DataFrame(rows).to_csv(tmp_path / "flat.csv", index=False)
+    plan_main(["--results", str(tmp_path / "flat.csv"), "--target-loss", "2.9", "--bootstrap", "0"])
+    assert "warning: the fit's status is at_bound (at a bound: A, k)" in capsys.readouterr().err
