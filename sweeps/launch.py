@@ -51,10 +51,15 @@ def check_choices(arguments: list[str]) -> None:
         check_output_folder(str(cfg.hydra.sweep.dir), "hydra.sweep.dir")
         if "mfu" in cfg.hydra.launcher:  # the SLURM launcher plans GPUs from these
             check_planner_settings(OmegaConf.to_container(cfg.hydra.launcher, resolve=True))
-        for key, values in sweep.items():
+        # One cell per swept value, as one run (stage2_fraction=0): the launcher itself makes and checks a
+        # two-stage grid's stage-1 and stage-2 cells.
+        one_run = [item for item in fixed if item.lstrip("+").partition("=")[0] != "stage2_fraction"]
+        swept = {key: values for key, values in sweep.items() if key != "stage2_fraction"}
+        for key, values in swept.items():
             for value in values:
-                one_cell = [f"{other}={choices[0]}" for other, choices in sweep.items() if other != key]
-                cell_config(_compose([*fixed, *one_cell, f"{key}={value}"], with_hydra=False), run_dir=".")
+                others = [f"{other}={choices[0]}" for other, choices in swept.items() if other != key]
+                cell_cfg = _compose([*one_run, *others, f"{key}={value}", "stage2_fraction=0"], with_hydra=False)
+                cell_config(cell_cfg, run_dir=".")
     except (HydraException, OmegaConfBaseException, ValueError) as error:  # ConfigError, ResourcePlanError, ...
         _refuse(one_line(error))
 
