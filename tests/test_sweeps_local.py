@@ -160,3 +160,28 @@ def test_a_killed_worker_is_started_again_and_resumes_from_its_checkpoint(tmp_pa
     assert [entry["outcome"] for entry in attempts] == ["failed", "done"]
     steps = [json.loads(line)["step"] for line in (cell / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 81))  # resumed from the checkpoint: none lost, none repeated
+
+
+@pytest.mark.slow
+def test_a_second_launch_of_the_same_sweep_directory_is_refused_while_the_first_runs(tmp_path):
+    import fcntl
+
+    # 1000 steps: the first launch is still running when the second asks; it is interrupted afterwards.
+    overrides = ["+grid=pile", "scale=smoke", "scale.sizes=tiny-32", "scale.P=1", "tokens=1024000", *FAST]
+    first = subprocess.Popen([sys.executable, "-m", "sweeps.launch", *overrides], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lock_file = tmp_path / "multirun" / "pile-smoke" / ".launch.lock"
+    deadline = time.monotonic() + 120
+    while not (lock_file.exists() and lock_file.read_text().startswith("process")):
+        assert first.poll() is None and time.monotonic() < deadline, "the first launch ended before it took the lock"
+        time.sleep(0.1)
+    second = launch(tmp_path, *overrides, timeout=300)
+    still_running = first.poll() is None
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=300)
+    assert still_running, "the first launch ended before the second was refused"
+    assert second.returncode == 2
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"process {first.pid} " in lines[0] and "launch again" in lines[0], second.stderr
+    with open(lock_file) as lock:  # released when its holder ended
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -34,7 +34,7 @@ from sweeps.errors import ConfigError, first_line
 from sweeps.files import atomic_write_text
 from sweeps.grid import two_stage
 from sweeps.grid.cells import Cell
-from sweeps.grid.sweep import LaunchError, SweepCell, compose_sweep, fail, job_return
+from sweeps.grid.sweep import LaunchError, SweepCell, compose_sweep, fail, hold_launch_lock, job_return
 from sweeps.run.config import run_id
 
 JOBS_FILE = "jobs.json"
@@ -91,6 +91,8 @@ class SlurmGridLauncher(SlurmLauncher):
             timeout_min = self._timeout_min(dry_run)
             if not dry_run:
                 self._check_settings(timeout_min)
+                # Held while this process submits and, with sweep.wait=true, waits; not by the jobs.
+                hold_launch_lock(sweep_dir)
             everything, todo = compose_sweep(self.config, self.hydra_context, job_overrides, write_manifest=not dry_run)
             if not dry_run:
                 for p in todo:
