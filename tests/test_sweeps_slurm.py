@@ -9,9 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from slurm.cluster import PARTITION, requires_slurm, venv_env, wait_for_state
 
 from parscale_law import read_results
+from sweeps.run.tracking import read_metrics
 
 pytestmark = requires_slurm
 
@@ -30,8 +32,10 @@ ON_LOCAL_CLUSTER = [
 
 
 def launch(cwd: Path, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    given = {item.partition("=")[0] for item in overrides}
+    defaults = [item for item in ON_LOCAL_CLUSTER if item.partition("=")[0] not in given]  # a test's own wins
     return subprocess.run(
-        [sys.executable, "-m", "sweeps.launch", *ON_LOCAL_CLUSTER, *overrides],
+        [sys.executable, "-m", "sweeps.launch", *defaults, *overrides],
         # One math thread per job: the jobs share this machine's cores with each other and the test.
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**venv_env(), "OMP_NUM_THREADS": "1"},
     )
@@ -84,6 +88,49 @@ def test_preempted_cell_resumes_from_its_checkpoint(tmp_path):
     logs = "".join(path.read_text() for path in (sweep_dir / ".submitit").rglob("*_log.out"))
     resumed = [int(step) for step in re.findall(r"resuming at step (\d+)", logs)]
     assert len(resumed) == 1 and resumed[0] >= 10, logs[-2000:]
+
+
+@pytest.mark.slow
+def test_a_two_task_cell_is_preempted_requeued_and_ends_on_the_uninterrupted_curve(tmp_path):
+    """Two tasks of one job (gloo; torch.distributed's variables from submitit's SLURM environment, as on a
+    multi-node cell) save their shards on the warning signal, are requeued and resume; a second job with the
+    same config, never interrupted, is the reference."""
+    import submitit
+
+    # 120 steps of 16 x 64 tokens, one micro-batch of 8 per task, no periodic checkpoint: a resume can only
+    # start from the one saved on the signal.
+    overrides = ["+grid=stack", "scale=smoke", "scale.sizes=tiny-96", "scale.P=1", "tokens=122880",
+                 "micro_batch_size=8", "checkpoint_interval=100000", "eval_interval=100000",
+                 "hydra.launcher.tasks_per_node=2"]
+    cells = {}
+    for name in ("preempted", "reference"):
+        done = launch(tmp_path, *overrides, f"hydra.sweep.dir={tmp_path / name}")
+        assert done.returncode == 0, done.stderr[-3000:]
+        cells[name] = tmp_path / name / "tiny-96-P1-s0"
+    sweep_dir = tmp_path / "preempted"
+    job_id = json.loads((sweep_dir / "jobs.json").read_text())["tiny-96-P1-s0"]
+    metrics = cells["preempted"] / "metrics.jsonl"
+    wait_for(metrics)
+    deadline = time.monotonic() + 120
+    while len(steps_of(metrics)) < 10:
+        assert time.monotonic() < deadline, "the cell did not reach step 10"
+        time.sleep(0.2)
+    submitit.SlurmJob(folder=sweep_dir / ".submitit" / "%j", job_id=job_id)._interrupt(timeout=True)
+    for cell in cells.values():
+        wait_for(cell / "result.json", timeout=400)
+    assert steps_of(metrics) == list(range(1, 121))  # no step lost, none repeated
+    assert [entry["outcome"] for entry in json.loads((cells["preempted"] / "attempts.json").read_text())] == [
+        "stopped", "done"]
+    logs = "".join(path.read_text() for path in (sweep_dir / ".submitit").rglob("*_log.out"))
+    resumed = re.findall(r"resuming at step (\d+): .* (\d) process\(es\)", logs)
+    assert len(resumed) == 1 and int(resumed[0][0]) >= 10 and resumed[0][1] == "2", logs[-2000:]
+    assert len(list((cells["preempted"] / "model").glob("*.safetensors"))) == 1
+    rows, reference_rows = (read_metrics(cell / "metrics.jsonl") for cell in (cells["preempted"], cells["reference"]))
+    for row, expected in zip(rows, reference_rows, strict=True):
+        assert row["loss"] == pytest.approx(expected["loss"], abs=1e-5)
+    result, reference = (json.loads((cell / "result.json").read_text()) for cell in cells.values())
+    for key in ("final_train_loss", "loss", "eval_loss"):
+        assert result[key] == pytest.approx(reference[key], abs=1e-5), key
 
 
 def test_relaunch_runs_only_the_killed_cell(tmp_path):
