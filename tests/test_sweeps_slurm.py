@@ -3,6 +3,7 @@ tiny grid as a job array, a preempted cell that resumes from its checkpoint, and
 the cell that was killed."""
 
 import json
+import random
 import re
 import subprocess
 import sys
@@ -148,6 +149,56 @@ def test_relaunch_runs_only_the_killed_cell(tmp_path):
     assert "submitted 1 of 2 cells" in again.stdout
     assert list(json.loads((sweep_dir / "jobs.json").read_text())) == ["tiny-96-P2-s0"]
     assert len(read_results(sweep_dir / "results.csv")) == 2
+
+
+@pytest.mark.slow
+def test_a_waiting_grid_finishes_when_its_jobs_are_cancelled_or_requeued(tmp_path):
+    """4 cells; once they have checkpoints, one job is cancelled (scancel: it leaves the queue, and the waiting
+    launcher submits its cell again) and one requeued from outside (scontrol requeue: SLURM runs it again).
+    Both resume, and every cell ends as the same grid run undisturbed on this machine meanwhile (one math
+    thread per cell, as in the jobs: the thread count moves the last digits)."""
+    grid = ["+grid=pile", "scale=smoke", "scale.sizes='tiny-32,tiny-48'", "tokens=40960", "checkpoint_interval=5",
+            "hydra.callbacks.report.n_bootstrap=50"]  # 40 steps, P = 1 and 2
+    sweep_dir = tmp_path / "slurm"
+    waiting = subprocess.Popen([sys.executable, "-m", "sweeps.launch", *ON_LOCAL_CLUSTER, *grid, "sweep.wait=true",
+                                f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, env={**venv_env(), "OMP_NUM_THREADS": "1"})
+    undisturbed = subprocess.Popen([sys.executable, "-m", "sweeps.launch", *grid, "hydra.launcher.parallel=2",
+                                    f"hydra.sweep.dir={tmp_path / 'local'}"], cwd=tmp_path, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=venv_env())
+    wait_for(sweep_dir / "jobs.json", timeout=120)
+    jobs = json.loads((sweep_dir / "jobs.json").read_text())
+    order = random.Random(0).sample(sorted(jobs), len(jobs))
+    cancelled = disturb_a_training_cell(sweep_dir, order, ["scancel"], jobs)
+    requeued = disturb_a_training_cell(sweep_dir, [name for name in order if name != cancelled],
+                                       ["scontrol", "requeue"], jobs)
+    output = waiting.communicate(timeout=600)[0]
+    assert waiting.returncode == 0, output[-3000:]
+    assert f"{cancelled}: its job {jobs[cancelled]} left the queue" in output, output[-3000:]
+    assert output.count("submitted again as job") == 1, output[-3000:]
+    reference_output = undisturbed.communicate(timeout=600)[0]
+    assert undisturbed.returncode == 0, reference_output[-3000:]
+    for name in jobs:
+        cell, reference = sweep_dir / name, tmp_path / "local" / name
+        assert steps_of(cell / "metrics.jsonl") == list(range(1, 41)), name  # none lost, none repeated
+        result, expected = (json.loads((path / "result.json").read_text()) for path in (cell, reference))
+        for key in ("final_train_loss", "loss", "eval_loss"):
+            assert result[key] == pytest.approx(expected[key], abs=1e-5), (name, key)
+    for name in (cancelled, requeued):
+        assert len(json.loads((sweep_dir / name / "attempts.json").read_text())) == 2, name
+
+
+def disturb_a_training_cell(sweep_dir: Path, order: list[str], command: list[str], jobs: dict) -> str:
+    """Runs `command JOB` on the job of the first cell in `order` found training with a checkpoint saved."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        for name in order:
+            cell = sweep_dir / name
+            if list(cell.glob("checkpoints/step-*/meta.json")) and not (cell / "result.json").exists():
+                subprocess.run([*command, jobs[name]], check=True)
+                return name
+        time.sleep(0.1)
+    raise AssertionError(f"no cell of {sweep_dir} was found training with a checkpoint within 300 s")
 
 
 def test_a_crashing_cell_requeues_itself_then_is_marked_failed(tmp_path):

@@ -118,8 +118,28 @@ class SlurmGridLauncher(SlurmLauncher):
             f"  watch:           python -m sweeps.status {sweep_dir}   (or squeue -j {','.join(arrays)})"
         )
         if self.config.sweep.wait:
-            return [_wait_for(job) for job in jobs]
+            return self._wait(todo, jobs, submitted, cell_plans, timeout_min, initial_job_idx, sweep_dir)
         return []
+
+    def _wait(self, todo: list[SweepCell], jobs: list, submitted: dict, cell_plans, timeout_min: float,
+              initial_job_idx: int, sweep_dir: Path) -> list[JobReturn]:
+        """Waits for every cell, submitting again those whose jobs left the queue unfinished (slurm_wait.py)."""
+        from sweeps.grid.slurm_wait import GridWaiter
+
+        by_id = {job.job_id: job for job in jobs}
+        plans = {plan.cell: plan for plan in cell_plans}
+
+        def resubmit(cell: SweepCell):
+            new_jobs, new_ids = self._submit([cell], [plans[cell.cell.name]] if cell.cell.name in plans else [],
+                                             timeout_min, initial_job_idx)
+            submitted.update(new_ids)
+            atomic_write_text(sweep_dir / JOBS_FILE, json.dumps(submitted, indent=1))
+            return new_jobs[0]
+
+        waiter = GridWaiter(todo, {name: by_id[job_id] for name, job_id in submitted.items()},
+                            int(self.config.sweep.get("max_failures", 1)), resubmit)
+        outcome = waiter.wait()
+        return [job_return(0 if outcome[p.cell.name] == "done" else 1) for p in todo]
 
     def _submit(self, todo: list[SweepCell], cell_plans, timeout_min: float, initial_job_idx: int):
         """Submits the cells as job arrays, stage-1 (and one-stage) cells first, then every stage-1 cell's stage
@@ -298,11 +318,3 @@ def _executor_parameters(params: dict, settings: dict) -> dict:
     if not merged.get("gpus_per_node"):
         merged.pop("gpus_per_node", None)
     return {key if key in shared else f"slurm_{key}": value for key, value in merged.items()}
-
-
-def _wait_for(job) -> JobReturn:
-    try:
-        job.results()
-        return job_return(0)
-    except Exception:  # the cell's error.txt says why; sweeps.report lists it and the others still get collected
-        return job_return(1)
