@@ -32,7 +32,7 @@ from sweeps.run.config import TrainConfig, changes_from_saved
 
 CELL_CONFIGS = ".cells"  # each cell's resolved config, the file a worker or job starts from
 LAUNCH_LOCK = ".launch.lock"  # held by the launcher running the sweep (hold_launch_lock)
-_held_locks = []  # this process's open lock files: each lock lasts as long as the process
+_held_locks: dict[Path, object] = {}  # this process's open lock files: each lock lasts as long as the process
 
 
 class LaunchError(ValueError):
@@ -122,8 +122,11 @@ def hold_launch_lock(sweep_dir: Path) -> None:
     """One launcher per sweep directory: two would start every cell twice, and the copies would write the same
     run directories. The lock is an flock on <sweep_dir>/.launch.lock, which the kernel releases when this
     process ends, however it ends; the file names its holder for the one-line refusal."""
+    path = (sweep_dir / LAUNCH_LOCK).resolve()
+    if path in _held_locks:  # a second batch of the same sweep in this process
+        return
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(sweep_dir / LAUNCH_LOCK, "a+")  # noqa: SIM115  (kept open for the life of this process)
+    handle = open(path, "a+")  # noqa: SIM115  (kept open for the life of this process)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -138,7 +141,7 @@ def hold_launch_lock(sweep_dir: Path) -> None:
     handle.truncate()
     handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
     handle.flush()
-    _held_locks.append(handle)
+    _held_locks[path] = handle
 
 
 def fail(error: Exception) -> None:
