@@ -6,7 +6,7 @@ one then sizes each cell for its GPUs (sweeps/grid/resource_plan.py).
 
 `SlurmGridLauncher` extends hydra-submitit-launcher's SLURM launcher: the grid goes out as one job array
 and, unlike the plugin, the launcher returns right after submission (set `sweep.wait=true` to wait and
-collect). A job that SLURM preempts or times out is requeued by submitit (`max_num_timeout` > 0: the
+collect; waiting, it also submits again a cell whose job left the queue unfinished: sweeps/grid/slurm_wait.py). A job that SLURM preempts or times out is requeued by submitit (`max_num_timeout` > 0: the
 plugin's default 0 refuses every requeue of a job shorter than ~50 minutes) and, re-run from the top, the
 cell resumes from the checkpoint its training loop saved on the warning signal.
 
