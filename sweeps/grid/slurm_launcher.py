@@ -6,9 +6,10 @@ one then sizes each cell for its GPUs (sweeps/grid/resource_plan.py).
 
 `SlurmGridLauncher` extends hydra-submitit-launcher's SLURM launcher: the grid goes out as one job array
 and, unlike the plugin, the launcher returns right after submission (set `sweep.wait=true` to wait and
-collect; waiting, it also submits again a cell whose job left the queue unfinished: sweeps/grid/slurm_wait.py). A job that SLURM preempts or times out is requeued by submitit (`max_num_timeout` > 0: the
-plugin's default 0 refuses every requeue of a job shorter than ~50 minutes) and, re-run from the top, the
-cell resumes from the checkpoint its training loop saved on the warning signal.
+collect; waiting, it also submits again a cell whose job left the queue unfinished: sweeps/grid/slurm_wait.py).
+A job that SLURM preempts or times out is requeued by submitit (`max_num_timeout` > 0: the plugin's default 0
+refuses every requeue of a job shorter than ~50 minutes) and, re-run from the top, the cell resumes from the
+checkpoint its training loop saved on the warning signal.
 
 A two-stage grid (`stage2_fraction=F`, sweeps/grid/two_stage.py) goes out in two rounds: the stage-1 cells,
 then each stage-1 cell's stage-2 cells as job arrays that depend on its job (`afterok`: a requeued stage-1

@@ -34,6 +34,9 @@ class GridWaiter:
         self.max_failures, self.resubmit = max_failures, resubmit
         self.lost = dict.fromkeys(self.cells, 0)  # jobs of each cell that left the queue without finishing it
         self.missing_once: set[str] = set()  # cells whose job was missing from the queue at the last look
+        # When each cell's current job was submitted: an error.txt older than that is from before this launch,
+        # and the job removes it when it starts.
+        self.since = dict.fromkeys(self.cells, time.time())
 
     def wait(self) -> dict[str, str]:
         """Returns {cell name: "done" | "failed"} once no cell is left to wait for."""
@@ -51,9 +54,9 @@ class GridWaiter:
     def _look_at(self, cell: SweepCell, queued: set[str] | None) -> str | None:
         """The cell's final state, or None while it is still to wait for (resubmitting it if its job is gone)."""
         name, run_dir = cell.cell.name, Path(cell.config.run_dir)
-        state = read_cell(run_dir).state
-        if state in ("done", "failed"):
-            return state
+        found = read_cell(run_dir)
+        if found.state == "done" or (found.state == "failed" and (found.updated or 0) >= self.since[name]):
+            return found.state
         if queued is None or _in_queue(self.jobs[name].job_id, queued):
             self.missing_once.discard(name)
             return None
@@ -84,6 +87,7 @@ class GridWaiter:
                                                     "resume it\n")
             print(f"  {name}: FAILED ({why}, {self.lost[name]} times)", flush=True)
             return "failed"
+        self.since[name] = time.time()
         self.jobs[name] = self.resubmit(cell)
         print(f"  {name}: {why}; submitted again as job {self.jobs[name].job_id} "
               f"({self.lost[name]} of at most {self.max_failures})", flush=True)
