@@ -2,6 +2,8 @@
 interrupted sweep, and refusals. Runs real training subprocesses (a few seconds per cell)."""
 
 import json
+import os
+import random
 import signal
 import subprocess
 import sys
@@ -160,3 +162,76 @@ def test_a_killed_worker_is_started_again_and_resumes_from_its_checkpoint(tmp_pa
     assert [entry["outcome"] for entry in attempts] == ["failed", "done"]
     steps = [json.loads(line)["step"] for line in (cell / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 81))  # resumed from the checkpoint: none lost, none repeated
+
+
+@pytest.mark.slow
+def test_a_second_launch_of_the_same_sweep_directory_is_refused_while_the_first_runs(tmp_path):
+    import fcntl
+
+    # 1000 steps: the first launch is still running when the second asks; it is interrupted afterwards.
+    overrides = ["+grid=pile", "scale=smoke", "scale.sizes=tiny-32", "scale.P=1", "tokens=1024000", *FAST]
+    first = subprocess.Popen([sys.executable, "-m", "sweeps.launch", *overrides], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lock_file = tmp_path / "multirun" / "pile-smoke" / ".launch.lock"
+    deadline = time.monotonic() + 120
+    while not (lock_file.exists() and lock_file.read_text().startswith("process")):
+        assert first.poll() is None and time.monotonic() < deadline, "the first launch ended before it took the lock"
+        time.sleep(0.1)
+    second = launch(tmp_path, *overrides, timeout=300)
+    still_running = first.poll() is None
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=300)
+    assert still_running, "the first launch ended before the second was refused"
+    assert second.returncode == 2
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"process {first.pid} " in lines[0] and "launch again" in lines[0], second.stderr
+    with open(lock_file) as lock:  # released when its holder ended
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+@pytest.mark.slow
+def test_a_grid_whose_workers_are_killed_at_random_moments_finishes_as_if_undisturbed(tmp_path):
+    """SIGKILL, no goodbye, at moments drawn from a seeded generator: during start-up, steps and saves. The one
+    launch starts each killed worker again from its checkpoint, and every cell ends as the same grid undisturbed."""
+    overrides = ["+grid=stack", "scale=smoke", "scale.sizes=tiny-96", "tokens=40960",  # 40 steps, P = 1 and 2
+                 "checkpoint_interval=5", "sweep.max_failures=8", "hydra.launcher.parallel=2", *FAST]
+    undisturbed = launch(tmp_path, *overrides, f"hydra.sweep.dir={tmp_path / 'undisturbed'}")
+    assert undisturbed.returncode == 0, undisturbed.stdout[-2000:] + undisturbed.stderr[-2000:]
+
+    sweep_dir = tmp_path / "killed"
+    grid = subprocess.Popen([sys.executable, "-m", "sweeps.launch", *overrides, f"hydra.sweep.dir={sweep_dir}"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not list(sweep_dir.glob("*/metrics.jsonl")):  # the kills start once a cell trains
+        assert grid.poll() is None and time.monotonic() < deadline, "the grid ended before it trained"
+        time.sleep(0.1)
+    rng = random.Random(0)
+    for _ in range(3):
+        time.sleep(rng.uniform(0.0, 3.0))
+        workers = live_children(grid.pid)
+        if workers and grid.poll() is None:
+            os.kill(rng.choice(workers), signal.SIGKILL)
+    output = grid.communicate(timeout=300)[0]
+    assert grid.returncode == 0, output[-3000:]
+    # A kill may land on a worker that has just ended; at least two must have hit one at work.
+    assert output.count("without an error (killed?)); starting it again") >= 2, output[-3000:]
+    for name in ("tiny-96-P1-s0", "tiny-96-P2-s0"):
+        cell, reference = sweep_dir / name, tmp_path / "undisturbed" / name
+        steps = [json.loads(line)["step"] for line in (cell / "metrics.jsonl").read_text().splitlines()]
+        assert steps == list(range(1, 41))  # none lost, none repeated
+        result, expected = (json.loads((path / "result.json").read_text()) for path in (cell, reference))
+        for key in ("final_train_loss", "loss", "eval_loss"):
+            assert result[key] == pytest.approx(expected[key], abs=1e-6), (name, key)
+
+
+def live_children(pid: int) -> list[int]:
+    """The process's children that have not exited (an exited one lingers as a zombie until it is reaped)."""
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    live = []
+    for child in sorted(int(item) for item in found):
+        try:
+            if Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                live.append(child)
+        except OSError:  # gone meanwhile
+            continue
+    return live

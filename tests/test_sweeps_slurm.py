@@ -3,15 +3,18 @@ tiny grid as a job array, a preempted cell that resumes from its checkpoint, and
 the cell that was killed."""
 
 import json
+import random
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from slurm.cluster import PARTITION, requires_slurm, venv_env, wait_for_state
 
 from parscale_law import read_results
+from sweeps.run.tracking import read_metrics
 
 pytestmark = requires_slurm
 
@@ -30,8 +33,10 @@ ON_LOCAL_CLUSTER = [
 
 
 def launch(cwd: Path, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    given = {item.partition("=")[0] for item in overrides}
+    defaults = [item for item in ON_LOCAL_CLUSTER if item.partition("=")[0] not in given]  # a test's own wins
     return subprocess.run(
-        [sys.executable, "-m", "sweeps.launch", *ON_LOCAL_CLUSTER, *overrides],
+        [sys.executable, "-m", "sweeps.launch", *defaults, *overrides],
         # One math thread per job: the jobs share this machine's cores with each other and the test.
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**venv_env(), "OMP_NUM_THREADS": "1"},
     )
@@ -86,6 +91,49 @@ def test_preempted_cell_resumes_from_its_checkpoint(tmp_path):
     assert len(resumed) == 1 and resumed[0] >= 10, logs[-2000:]
 
 
+@pytest.mark.slow
+def test_a_two_task_cell_is_preempted_requeued_and_ends_on_the_uninterrupted_curve(tmp_path):
+    """Two tasks of one job (gloo; torch.distributed's variables from submitit's SLURM environment, as on a
+    multi-node cell) save their shards on the warning signal, are requeued and resume; a second job with the
+    same config, never interrupted, is the reference."""
+    import submitit
+
+    # 120 steps of 16 x 64 tokens, one micro-batch of 8 per task, no periodic checkpoint: a resume can only
+    # start from the one saved on the signal.
+    overrides = ["+grid=stack", "scale=smoke", "scale.sizes=tiny-96", "scale.P=1", "tokens=122880",
+                 "micro_batch_size=8", "checkpoint_interval=100000", "eval_interval=100000",
+                 "hydra.launcher.tasks_per_node=2"]
+    cells = {}
+    for name in ("preempted", "reference"):
+        done = launch(tmp_path, *overrides, f"hydra.sweep.dir={tmp_path / name}")
+        assert done.returncode == 0, done.stderr[-3000:]
+        cells[name] = tmp_path / name / "tiny-96-P1-s0"
+    sweep_dir = tmp_path / "preempted"
+    job_id = json.loads((sweep_dir / "jobs.json").read_text())["tiny-96-P1-s0"]
+    metrics = cells["preempted"] / "metrics.jsonl"
+    wait_for(metrics)
+    deadline = time.monotonic() + 120
+    while len(steps_of(metrics)) < 10:
+        assert time.monotonic() < deadline, "the cell did not reach step 10"
+        time.sleep(0.2)
+    submitit.SlurmJob(folder=sweep_dir / ".submitit" / "%j", job_id=job_id)._interrupt(timeout=True)
+    for cell in cells.values():
+        wait_for(cell / "result.json", timeout=400)
+    assert steps_of(metrics) == list(range(1, 121))  # no step lost, none repeated
+    assert [entry["outcome"] for entry in json.loads((cells["preempted"] / "attempts.json").read_text())] == [
+        "stopped", "done"]
+    logs = "".join(path.read_text() for path in (sweep_dir / ".submitit").rglob("*_log.out"))
+    resumed = re.findall(r"resuming at step (\d+): .* (\d) process\(es\)", logs)
+    assert len(resumed) == 1 and int(resumed[0][0]) >= 10 and resumed[0][1] == "2", logs[-2000:]
+    assert len(list((cells["preempted"] / "model").glob("*.safetensors"))) == 1
+    rows, reference_rows = (read_metrics(cell / "metrics.jsonl") for cell in (cells["preempted"], cells["reference"]))
+    for row, expected in zip(rows, reference_rows, strict=True):
+        assert row["loss"] == pytest.approx(expected["loss"], abs=1e-5)
+    result, reference = (json.loads((cell / "result.json").read_text()) for cell in cells.values())
+    for key in ("final_train_loss", "loss", "eval_loss"):
+        assert result[key] == pytest.approx(reference[key], abs=1e-5), key
+
+
 def test_relaunch_runs_only_the_killed_cell(tmp_path):
     overrides = ["+grid=pile", "scale=smoke", "scale.sizes=tiny-96", "tokens=81920"]
     done = launch(tmp_path, *overrides)
@@ -101,6 +149,56 @@ def test_relaunch_runs_only_the_killed_cell(tmp_path):
     assert "submitted 1 of 2 cells" in again.stdout
     assert list(json.loads((sweep_dir / "jobs.json").read_text())) == ["tiny-96-P2-s0"]
     assert len(read_results(sweep_dir / "results.csv")) == 2
+
+
+@pytest.mark.slow
+def test_a_waiting_grid_finishes_when_its_jobs_are_cancelled_or_requeued(tmp_path):
+    """4 cells; once they have checkpoints, one job is cancelled (scancel: it leaves the queue, and the waiting
+    launcher submits its cell again) and one requeued from outside (scontrol requeue: SLURM runs it again).
+    Both resume, and every cell ends as the same grid run undisturbed on this machine meanwhile (one math
+    thread per cell, as in the jobs: the thread count moves the last digits)."""
+    grid = ["+grid=pile", "scale=smoke", "scale.sizes='tiny-32,tiny-48'", "tokens=40960", "checkpoint_interval=5",
+            "hydra.callbacks.report.n_bootstrap=50"]  # 40 steps, P = 1 and 2
+    sweep_dir = tmp_path / "slurm"
+    waiting = subprocess.Popen([sys.executable, "-m", "sweeps.launch", *ON_LOCAL_CLUSTER, *grid, "sweep.wait=true",
+                                f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, env={**venv_env(), "OMP_NUM_THREADS": "1"})
+    undisturbed = subprocess.Popen([sys.executable, "-m", "sweeps.launch", *grid, "hydra.launcher.parallel=2",
+                                    f"hydra.sweep.dir={tmp_path / 'local'}"], cwd=tmp_path, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=venv_env())
+    wait_for(sweep_dir / "jobs.json", timeout=120)
+    jobs = json.loads((sweep_dir / "jobs.json").read_text())
+    order = random.Random(0).sample(sorted(jobs), len(jobs))
+    cancelled = disturb_a_training_cell(sweep_dir, order, ["scancel"], jobs)
+    requeued = disturb_a_training_cell(sweep_dir, [name for name in order if name != cancelled],
+                                       ["scontrol", "requeue"], jobs)
+    output = waiting.communicate(timeout=600)[0]
+    assert waiting.returncode == 0, output[-3000:]
+    assert f"{cancelled}: its job {jobs[cancelled]} left the queue" in output, output[-3000:]
+    assert output.count("submitted again as job") == 1, output[-3000:]
+    reference_output = undisturbed.communicate(timeout=600)[0]
+    assert undisturbed.returncode == 0, reference_output[-3000:]
+    for name in jobs:
+        cell, reference = sweep_dir / name, tmp_path / "local" / name
+        assert steps_of(cell / "metrics.jsonl") == list(range(1, 41)), name  # none lost, none repeated
+        result, expected = (json.loads((path / "result.json").read_text()) for path in (cell, reference))
+        for key in ("final_train_loss", "loss", "eval_loss"):
+            assert result[key] == pytest.approx(expected[key], abs=1e-5), (name, key)
+    for name in (cancelled, requeued):
+        assert len(json.loads((sweep_dir / name / "attempts.json").read_text())) == 2, name
+
+
+def disturb_a_training_cell(sweep_dir: Path, order: list[str], command: list[str], jobs: dict) -> str:
+    """Runs `command JOB` on the job of the first cell in `order` found training with a checkpoint saved."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        for name in order:
+            cell = sweep_dir / name
+            if list(cell.glob("checkpoints/step-*/meta.json")) and not (cell / "result.json").exists():
+                subprocess.run([*command, jobs[name]], check=True)
+                return name
+        time.sleep(0.1)
+    raise AssertionError(f"no cell of {sweep_dir} was found training with a checkpoint within 300 s")
 
 
 def test_a_crashing_cell_requeues_itself_then_is_marked_failed(tmp_path):

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from parscale_law.table import RESULT_COLUMNS, read_results, write_results
 from sweeps.errors import ConfigError
-from sweeps.run.checkpoint import latest_checkpoint, read_meta
+from sweeps.run.checkpoint import complete_checkpoints, latest_checkpoint, read_meta
 from sweeps.run.config import run_id
 from sweeps.run.loop import train
 from sweeps.run.tracking import read_metrics
@@ -115,6 +115,45 @@ def test_signal_saves_a_checkpoint_and_the_resumed_run_matches_an_uninterrupted_
     assert resumed["loss"] == pytest.approx(reference["loss"], abs=1e-6)
     assert resumed["eval_loss"] == pytest.approx(reference["eval_loss"], abs=1e-6)
     rows = read_metrics(metrics)
+    assert [row["step"] for row in rows] == list(range(1, steps + 1))  # nothing lost, nothing twice
+    for row, expected in zip(rows, reference_rows, strict=True):
+        assert row["loss"] == pytest.approx(expected["loss"], abs=1e-6)
+
+
+def cut_shard_short(checkpoint: Path) -> None:
+    shard = next(checkpoint.glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+
+
+def remove_dcp_metadata(checkpoint: Path) -> None:
+    (checkpoint / ".metadata").unlink()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", [cut_shard_short, remove_dcp_metadata])
+def test_a_damaged_newest_checkpoint_is_passed_over_with_one_warning(tmp_path, damage, uninterrupted, capsys):
+    """A run killed (SIGKILL) once it has two checkpoints; its newest is then damaged on disk. The restart
+    says so in one line naming that directory, resumes from the one before, and ends on the uninterrupted
+    run's curve."""
+    steps = SIGNAL_TEST_STEPS
+    reference, reference_rows = uninterrupted
+    run_dir = tmp_path / "run"
+    overrides = [item for item in tiny_overrides(run_dir, steps) if not item.startswith("run_dir=")]
+    child = subprocess.Popen([sys.executable, "-m", "sweeps.train", *overrides, f"hydra.run.dir={run_dir}"],
+                             cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while child.poll() is None and len(complete_checkpoints(run_dir)) < 2:
+        time.sleep(0.005)
+    child.kill()
+    output = child.communicate(timeout=60)[0]
+    assert child.returncode == -signal.SIGKILL, output[-2000:]
+    *_, previous, newest = complete_checkpoints(run_dir)
+    damage(newest)
+
+    resumed = train(tiny_config(run_dir, steps))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and str(newest) in warnings[0] and previous.name in warnings[0], warnings
+    assert resumed["loss"] == pytest.approx(reference["loss"], abs=1e-6)
+    rows = read_metrics(run_dir / "metrics.jsonl")
     assert [row["step"] for row in rows] == list(range(1, steps + 1))  # nothing lost, nothing twice
     for row, expected in zip(rows, reference_rows, strict=True):
         assert row["loss"] == pytest.approx(expected["loss"], abs=1e-6)

@@ -25,7 +25,15 @@ from omegaconf import DictConfig, OmegaConf
 from sweeps.files import atomic_write_text
 from sweeps.grid import two_stage
 from sweeps.grid.cells import ERROR_FILE, Attempts
-from sweeps.grid.sweep import CELL_CONFIGS, LaunchError, SweepCell, compose_sweep, fail, job_return
+from sweeps.grid.sweep import (
+    CELL_CONFIGS,
+    LaunchError,
+    SweepCell,
+    compose_sweep,
+    fail,
+    hold_launch_lock,
+    job_return,
+)
 from sweeps.run import stages
 from sweeps.run.config import TrainConfig, run_id
 
@@ -49,11 +57,13 @@ class LocalGridLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         dry_run = bool(self.config.sweep.get("dry_run", False))
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
         try:
+            if not dry_run:
+                hold_launch_lock(sweep_dir)
             everything, todo = compose_sweep(self.config, self.hydra_context, job_overrides, write_manifest=not dry_run)
         except LaunchError as error:
             fail(error)
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
         if dry_run:
             print(dry_run_text(everything, todo))
             return []

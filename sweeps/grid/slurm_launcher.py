@@ -6,9 +6,10 @@ one then sizes each cell for its GPUs (sweeps/grid/resource_plan.py).
 
 `SlurmGridLauncher` extends hydra-submitit-launcher's SLURM launcher: the grid goes out as one job array
 and, unlike the plugin, the launcher returns right after submission (set `sweep.wait=true` to wait and
-collect). A job that SLURM preempts or times out is requeued by submitit (`max_num_timeout` > 0: the
-plugin's default 0 refuses every requeue of a job shorter than ~50 minutes) and, re-run from the top, the
-cell resumes from the checkpoint its training loop saved on the warning signal.
+collect; waiting, it also submits again a cell whose job left the queue unfinished: sweeps/grid/slurm_wait.py).
+A job that SLURM preempts or times out is requeued by submitit (`max_num_timeout` > 0: the plugin's default 0
+refuses every requeue of a job shorter than ~50 minutes) and, re-run from the top, the cell resumes from the
+checkpoint its training loop saved on the warning signal.
 
 A two-stage grid (`stage2_fraction=F`, sweeps/grid/two_stage.py) goes out in two rounds: the stage-1 cells,
 then each stage-1 cell's stage-2 cells as job arrays that depend on its job (`afterok`: a requeued stage-1
@@ -34,7 +35,7 @@ from sweeps.errors import ConfigError, first_line
 from sweeps.files import atomic_write_text
 from sweeps.grid import two_stage
 from sweeps.grid.cells import Cell
-from sweeps.grid.sweep import LaunchError, SweepCell, compose_sweep, fail, job_return
+from sweeps.grid.sweep import LaunchError, SweepCell, compose_sweep, fail, hold_launch_lock, job_return
 from sweeps.run.config import run_id
 
 JOBS_FILE = "jobs.json"
@@ -91,6 +92,8 @@ class SlurmGridLauncher(SlurmLauncher):
             timeout_min = self._timeout_min(dry_run)
             if not dry_run:
                 self._check_settings(timeout_min)
+                # Held while this process submits and, with sweep.wait=true, waits; not by the jobs.
+                hold_launch_lock(sweep_dir)
             everything, todo = compose_sweep(self.config, self.hydra_context, job_overrides, write_manifest=not dry_run)
             if not dry_run:
                 for p in todo:
@@ -116,8 +119,28 @@ class SlurmGridLauncher(SlurmLauncher):
             f"  watch:           python -m sweeps.status {sweep_dir}   (or squeue -j {','.join(arrays)})"
         )
         if self.config.sweep.wait:
-            return [_wait_for(job) for job in jobs]
+            return self._wait(todo, jobs, submitted, cell_plans, timeout_min, initial_job_idx, sweep_dir)
         return []
+
+    def _wait(self, todo: list[SweepCell], jobs: list, submitted: dict, cell_plans, timeout_min: float,
+              initial_job_idx: int, sweep_dir: Path) -> list[JobReturn]:
+        """Waits for every cell, submitting again those whose jobs left the queue unfinished (slurm_wait.py)."""
+        from sweeps.grid.slurm_wait import GridWaiter
+
+        by_id = {job.job_id: job for job in jobs}
+        plans = {plan.cell: plan for plan in cell_plans}
+
+        def resubmit(cell: SweepCell):
+            new_jobs, new_ids = self._submit([cell], [plans[cell.cell.name]] if cell.cell.name in plans else [],
+                                             timeout_min, initial_job_idx)
+            submitted.update(new_ids)
+            atomic_write_text(sweep_dir / JOBS_FILE, json.dumps(submitted, indent=1))
+            return new_jobs[0]
+
+        waiter = GridWaiter(todo, {name: by_id[job_id] for name, job_id in submitted.items()},
+                            int(self.config.sweep.get("max_failures", 1)), resubmit)
+        outcome = waiter.wait()
+        return [job_return(0 if outcome[p.cell.name] == "done" else 1) for p in todo]
 
     def _submit(self, todo: list[SweepCell], cell_plans, timeout_min: float, initial_job_idx: int):
         """Submits the cells as job arrays, stage-1 (and one-stage) cells first, then every stage-1 cell's stage
@@ -297,11 +320,3 @@ def _executor_parameters(params: dict, settings: dict) -> dict:
     if not merged.get("gpus_per_node"):
         merged.pop("gpus_per_node", None)
     return {key if key in shared else f"slurm_{key}": value for key, value in merged.items()}
-
-
-def _wait_for(job) -> JobReturn:
-    try:
-        job.results()
-        return job_return(0)
-    except Exception:  # the cell's error.txt says why; sweeps.report lists it and the others still get collected
-        return job_return(1)

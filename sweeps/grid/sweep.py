@@ -9,6 +9,9 @@ A two-stage grid's stage-1 cells come first (sweeps/grid/two_stage.py)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,8 @@ from sweeps.run import stages
 from sweeps.run.config import TrainConfig, changes_from_saved
 
 CELL_CONFIGS = ".cells"  # each cell's resolved config, the file a worker or job starts from
+LAUNCH_LOCK = ".launch.lock"  # held by the launcher running the sweep (hold_launch_lock)
+_held_locks: dict[Path, object] = {}  # this process's open lock files: each lock lasts as long as the process
 
 
 class LaunchError(ValueError):
@@ -111,6 +116,32 @@ def _check_against_existing(sweep_dir: Path, manifest: Manifest, planned: list[S
                 f"cell {p.cell.name} in {sweep_dir} was started with another config ({'; '.join(changed[:3])}); "
                 "relaunch with the same settings, or set hydra.sweep.dir to a new directory"
             )
+
+
+def hold_launch_lock(sweep_dir: Path) -> None:
+    """One launcher per sweep directory: two would start every cell twice, and the copies would write the same
+    run directories. The lock is an flock on <sweep_dir>/.launch.lock, which the kernel releases when this
+    process ends, however it ends; the file names its holder for the one-line refusal."""
+    path = (sweep_dir / LAUNCH_LOCK).resolve()
+    if path in _held_locks:  # a second batch of the same sweep in this process
+        return
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115  (kept open for the life of this process)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise LaunchError(
+            f"{sweep_dir} is being launched by {holder}; wait for that launch to end (or stop it), "
+            "then launch again, or set hydra.sweep.dir to another directory"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    _held_locks[path] = handle
 
 
 def fail(error: Exception) -> None:

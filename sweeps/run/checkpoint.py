@@ -45,6 +45,49 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def resumable_checkpoint(run_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint that can be resumed from, and the newer ones that cannot, each with why. A step-N
+    directory is only ever made by renaming a finished save, so one that fails these checks was damaged
+    afterwards (a file lost or cut short on the shared file system); the previous one is still good."""
+    root = Path(run_dir) / CHECKPOINTS
+    damaged = []
+    for path in sorted(root.glob("step-*"), reverse=True) if root.is_dir() else []:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, damaged
+        damaged.append((path, problem))
+    return None, damaged
+
+
+def checkpoint_problem(checkpoint_dir: Path) -> str | None:
+    """Why a checkpoint directory cannot be loaded (None: it can): a file missing or unreadable, or a shard
+    shorter than DCP's metadata says. Checked before loading, because a load that fails half way has already
+    overwritten part of the model."""
+    import torch
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        read_meta(checkpoint_dir)
+        metadata = FileSystemReader(str(checkpoint_dir)).read_metadata()
+    except Exception as error:  # a missing file, or whatever unpickling or parsing a torn one raises
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'unreadable'}"
+    needed: dict[str, int] = {}  # bytes each shard file must hold
+    for info in metadata.storage_data.values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(needed.items()):
+        path = Path(checkpoint_dir) / name
+        if not path.exists():
+            return f"{name} is missing"
+        if path.stat().st_size < size:
+            return f"{name} is cut short ({path.stat().st_size} of {size} bytes)"
+    for path in [Path(checkpoint_dir) / "rank-0.pt", *sorted(Path(checkpoint_dir).glob("rank-*.pt"))]:
+        try:
+            torch.load(path, weights_only=True)
+        except Exception as error:  # as above
+            return f"{path.name}: {type(error).__name__}"
+    return None
+
+
 def read_meta(checkpoint_dir: Path) -> dict:
     return json.loads((Path(checkpoint_dir) / META).read_text())
 

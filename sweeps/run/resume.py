@@ -4,6 +4,7 @@ stage-1 run) loaded into the built run (sweeps/run/state.py). The checkpoint fil
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from torch.distributed.checkpoint.state_dict import (
 from sweeps.errors import ConfigError
 from sweeps.files import atomic_write_text
 from sweeps.run import distributed, stages
-from sweeps.run.checkpoint import latest_checkpoint, read_meta
+from sweeps.run.checkpoint import read_meta, resumable_checkpoint
 from sweeps.run.config import TrainConfig, changes_from_saved
 from sweeps.run.state import Run, TrainState
 
@@ -53,7 +54,11 @@ def resume_or_start(run: Run) -> TrainState:
     """Loads the run's newest checkpoint, or a stage 2's start from its stage-1 run, into `run`; returns where
     the run stands (step 0 for a new one)."""
     config = run.config
-    latest = latest_checkpoint(Path(config.run_dir))
+    latest, damaged = resumable_checkpoint(Path(config.run_dir))
+    if run.env.is_main:
+        for path, problem in damaged:
+            print(f"warning: checkpoint {path} cannot be read ({problem}); resuming from "
+                  f"{latest.name if latest else 'the start'} instead", file=sys.stderr, flush=True)
     if latest is not None:
         meta = read_meta(latest)
         if meta["run_id"] != run.run_id:
