@@ -49,7 +49,7 @@ from parscale_law.arguments import (
     stream_counts,
     warn_if_few_resamples,
 )
-from parscale_law.errors import report_error
+from parscale_law.errors import report_error, warn_if_degenerate
 from parscale_law.optimal import one_P_of
 
 from . import cost
@@ -397,14 +397,6 @@ def load_fit(path: Path) -> FitResult:
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"--fit {path} is not a saved fit ({type(error).__name__}: {str(error)[:80]}); pass the JSON "
                          "of python -m parscale_law fit --json, or a sweep's fit.json") from None
-
-
-def warn_if_degenerate(result: FitResult) -> None:
-    """A plan from a law at a bound or not converged extrapolates a law the data did not pin down: say so."""
-    if result.status != "converged" or result.at_bound:
-        where = f" (at a bound: {', '.join(result.at_bound)})" if result.at_bound else ""
-        print(f"warning: the fit's status is {result.status}{where}: the data do not pin the law down, so this "
-              "plan is not to be trusted; add runs (more sizes or P) and fit again", file=sys.stderr)
 
 
 def _print(the_plan: Plan) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from parscale_law import PUBLISHED, bootstrap, compute_optimal, fit, load_published, read_results, rollout
-from parscale_law.arguments import CommandParser, count, output_folder, resamples
+from parscale_law.arguments import CommandParser, count, output_folder, resamples, warn_if_few_resamples
 from parscale_law.errors import report_error
 
 from .style import SAVE_DPI, new_figure, paper_style
@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="resamples for the frontier's bands")
     parser.add_argument("--out", type=output_folder, default=Path("outputs/scaling"), help="output folder")
     args = parser.parse_args(argv)
+    if args.bootstrap:
+        warn_if_few_resamples(args.bootstrap)
     try:
         table = read_results(args.results) if args.results else load_published(args.published)
         result = fit(table, form=args.form, dataset=args.dataset)

@@ -30,7 +30,7 @@ from .arguments import (
 )
 from .bootstrap import bootstrap, prediction_name
 from .compare import compare_forms
-from .errors import report_error
+from .errors import report_error, warn_if_degenerate
 from .fit import METHODS, fit
 from .forms import FORMS
 from .holdout import STANDARD_SPLITS, holdout, rollout
@@ -284,9 +284,12 @@ def _optimal(table: pd.DataFrame, datasets: list[str | None], args) -> None:
     payload = {}
     for name in datasets:
         result = fit(table, form=args.form, dataset=name)
+        warn_if_degenerate(result)
         boot = (bootstrap(table, n=args.bootstrap, seed=args.seed, form=args.form, dataset=name)
                 if args.bootstrap else None)
         frame = compute_optimal(result, flops, P, bootstrap=boot)
+        frame["extrapolated"] = [extrapolation_note(table, (row.params, row.P), name).removeprefix("extrapolated: ")
+                                 for row in frame.itertuples()]
         payload[name or "table"] = frame.to_dict(orient="records")
         print(f"\n{name or 'table'} ({args.form} form, C = 6 N D P):\n"
               f"{frame.to_string(index=False, float_format=lambda v: f'{v:.4g}')}")

@@ -19,6 +19,15 @@ def report_error(error: Exception) -> int:
     return 2
 
 
+def warn_if_degenerate(result) -> None:
+    """A plan or an optimum from a law at a bound or not converged extrapolates a law the data did not pin down:
+    said on stderr (the command goes on)."""
+    if result.status != "converged" or result.at_bound:
+        where = f" (at a bound: {', '.join(result.at_bound)})" if result.at_bound else ""
+        print(f"warning: the fit's status is {result.status}{where}: the data do not pin the law down, so this "
+              "plan is not to be trusted; add runs (more sizes or P) and fit again", file=sys.stderr)
+
+
 def exits_on(*kinds: type[Exception]):
     """Decorates a command's `main(argv) -> int`: an error of `kinds` (ValueError, whose subclasses all our
     errors are, by default) ends it through `report_error` instead of a traceback."""

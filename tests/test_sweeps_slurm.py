@@ -50,6 +50,17 @@ def wait_for(path: Path, timeout: float = 300) -> None:
         time.sleep(0.5)
 
 
+def outcomes(cell: Path, timeout: float = 60) -> list[str | None]:
+    """The outcome of each attempt of a cell, once the last has one: the job records it just after the run
+    writes result.json, so a test that saw result.json may read attempts.json a moment too early."""
+    deadline = time.monotonic() + timeout
+    while True:
+        entries = json.loads((cell / "attempts.json").read_text())
+        if entries and "outcome" in entries[-1] or time.monotonic() > deadline:
+            return [entry.get("outcome") for entry in entries]
+        time.sleep(0.2)
+
+
 def steps_of(metrics: Path) -> list[int]:
     return [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
 
@@ -120,8 +131,7 @@ def test_a_two_task_cell_is_preempted_requeued_and_ends_on_the_uninterrupted_cur
     for cell in cells.values():
         wait_for(cell / "result.json", timeout=400)
     assert steps_of(metrics) == list(range(1, 121))  # no step lost, none repeated
-    assert [entry["outcome"] for entry in json.loads((cells["preempted"] / "attempts.json").read_text())] == [
-        "stopped", "done"]
+    assert outcomes(cells["preempted"]) == ["stopped", "done"]
     logs = "".join(path.read_text() for path in (sweep_dir / ".submitit").rglob("*_log.out"))
     resumed = re.findall(r"resuming at step (\d+): .* (\d) process\(es\)", logs)
     assert len(resumed) == 1 and int(resumed[0][0]) >= 10 and resumed[0][1] == "2", logs[-2000:]
@@ -254,7 +264,7 @@ def test_two_stage_grid_stage2_waits_for_its_preempted_and_requeued_stage1(tmp_p
     for P in (1, 2):
         wait_for(sweep_dir / f"tiny-96-P{P}-s0-F0.25" / "result.json", timeout=500)
     assert steps_of(stage1 / "metrics.jsonl") == list(range(1, 121))  # no step lost, none repeated
-    assert [entry["outcome"] for entry in json.loads((stage1 / "attempts.json").read_text())] == ["stopped", "done"]
+    assert outcomes(stage1) == ["stopped", "done"]
     finished = (stage1 / "result.json").stat().st_mtime
     for P in (1, 2):
         cell = sweep_dir / f"tiny-96-P{P}-s0-F0.25"
