@@ -13,6 +13,7 @@ from hydra.experimental.callback import Callback
 
 from parscale_law import InvalidTableError, bootstrap, fit
 from parscale_law.table import write_results
+from sweeps.errors import first_line
 from sweeps.grid.cells import STATES, sweep_cells
 from sweeps.grid.collect import collect_runs
 
@@ -205,5 +206,12 @@ class SweepReport(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         if config.get("sweep", {}).get("dry_run", False):
             return  # nothing ran
-        if not report(Path(str(config.hydra.sweep.dir)), n_bootstrap=self.n_bootstrap):
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            succeeded = report(sweep_dir, n_bootstrap=self.n_bootstrap)
+        except Exception as error:  # Hydra would turn it into a warning and exit 0 on an unreported sweep
+            print(f"error: the report of {sweep_dir} failed ({type(error).__name__}: {first_line(error)}); the runs "
+                  f"are kept: run python -m sweeps.report {sweep_dir}", file=sys.stderr)
+            sys.exit(1)
+        if not succeeded:
             sys.exit(1)
