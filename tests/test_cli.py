@@ -131,3 +131,11 @@ def test_a_plan_from_a_fit_at_a_bound_is_warned(tmp_path, capsys):
     pd.DataFrame(rows).to_csv(tmp_path / "flat.csv", index=False)
     plan_main(["--results", str(tmp_path / "flat.csv"), "--target-loss", "2.9", "--bootstrap", "0"])
     assert "warning: the fit's status is at_bound (at a bound: A, k)" in capsys.readouterr().err
+
+
+def test_a_plan_below_the_smallest_run_is_flagged(capsys):
+    from analysis.plan import main as plan_main
+
+    assert plan_main(["--published", "pile", "--target-loss", "5", "--bootstrap", "0", "--P", "1,2"]) == 0
+    options = [line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("P=")]
+    assert len(options) == 2 and all("N outside the runs" in line for line in options)

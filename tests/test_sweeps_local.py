@@ -47,6 +47,7 @@ def test_smoke_grid_trains_collects_fits_and_draws(smoke_sweep):
     for name in ("loss_vs_params", "loss_contours", "equivalence", "residuals"):
         assert (sweep_dir / "figures" / f"{name}.png").stat().st_size > 10_000
     assert "streams act like" in stdout and "6 done" in stdout
+    assert "(extrapolated: this grid's largest P is 2)" in stdout  # the summary's P = 8 multiplier
 
 
 def test_relaunch_skips_finished_cells(smoke_sweep):
