@@ -32,12 +32,15 @@ CHECKPOINTS = "checkpoints"
 META = "meta.json"
 
 
+def step_directories(run_dir: Path, folder: str = CHECKPOINTS) -> list[Path]:
+    """The run's step-N checkpoint directories (each made by renaming a finished save), oldest first."""
+    root = Path(run_dir) / folder
+    return sorted(root.glob("step-*")) if root.is_dir() else []
+
+
 def complete_checkpoints(run_dir: Path, folder: str = CHECKPOINTS) -> list[Path]:
     """The run's complete checkpoint directories, oldest first."""
-    root = Path(run_dir) / folder
-    if not root.is_dir():
-        return []
-    return sorted(path for path in root.glob("step-*") if (path / META).exists())
+    return [path for path in step_directories(run_dir, folder) if (path / META).exists()]
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -49,9 +52,8 @@ def resumable_checkpoint(run_dir: Path) -> tuple[Path | None, list[tuple[Path, s
     """The newest checkpoint that can be resumed from, and the newer ones that cannot, each with why. A step-N
     directory is only ever made by renaming a finished save, so one that fails these checks was damaged
     afterwards (a file lost or cut short on the shared file system); the previous one is still good."""
-    root = Path(run_dir) / CHECKPOINTS
     damaged = []
-    for path in sorted(root.glob("step-*"), reverse=True) if root.is_dir() else []:
+    for path in reversed(step_directories(run_dir)):
         problem = checkpoint_problem(path)
         if problem is None:
             return path, damaged
@@ -80,7 +82,9 @@ def checkpoint_problem(checkpoint_dir: Path) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size < size:
             return f"{name} is cut short ({path.stat().st_size} of {size} bytes)"
-    for path in [Path(checkpoint_dir) / "rank-0.pt", *sorted(Path(checkpoint_dir).glob("rank-*.pt"))]:
+    # rank-0.pt always exists (a missing one is damage); the other ranks' files as the save wrote them.
+    for name in sorted({"rank-0.pt", *(path.name for path in Path(checkpoint_dir).glob("rank-*.pt"))}):
+        path = Path(checkpoint_dir) / name
         try:
             torch.load(path, weights_only=True)
         except Exception as error:  # as above
