@@ -121,13 +121,7 @@ class Qwen2ParScaleAttention(Qwen2Attention):
 
     def set_prefix_shape(self, n_streams: int, n_tokens: int):
         """(Re)creates uninitialised prefixes for `n_streams` streams, or removes them when n_streams is 1."""
-        if n_streams == 1:
-            self.prefix_k = self.prefix_v = None
-            return
-        like = self.k_proj.weight
-        shape = (n_streams, self.config.num_key_value_heads, n_tokens, self.head_dim)
-        self.prefix_k = nn.Parameter(torch.empty(shape, device=like.device, dtype=like.dtype))
-        self.prefix_v = nn.Parameter(torch.empty(shape, device=like.device, dtype=like.dtype))
+        attach_prefixes(self, n_streams, n_tokens, self.config.num_key_value_heads, self.head_dim)
 
     def forward(self, hidden_states, position_embeddings, attention_mask, cache=None, **kwargs):
         # Qwen2Attention.forward's steps, written out to put the prefix (if any) in front of the keys and values
@@ -148,23 +142,50 @@ class Qwen2ParScaleAttention(Qwen2Attention):
 
     def _attend(self, query, key, value, attention_mask, **kwargs):
         dropout = self.attention_dropout if self.training else 0.0
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        implementation = self.config._attn_implementation
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         if self.prefix_k is None:  # Qwen2's call
             return attention(self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling,
                              sliding_window=self.sliding_window, **kwargs)  # fmt: skip
         key, value = prepend_per_stream(self.prefix_k, key), prepend_per_stream(self.prefix_v, value)
-        if self.config._attn_implementation == "sdpa":
-            if attention_mask is None:
-                n_prefix = self.prefix_k.shape[2]
-                return sdpa_causal_after_prefix(query, key, value, n_prefix, dropout, self.scaling), None
-            if query.shape[2] == 1 and attention_mask.shape[1] == 1:  # one mask for all heads
-                return sdpa_one_query_under_mask(query, key, value, attention_mask, dropout, self.scaling), None
-        if self.sliding_window is not None and is_flash_attention_requested(self.config):
-            raise ValueError(
-                "Flash attention's sliding window would hide the stream prefixes from later tokens; with "
-                "parscale_n > 1 and use_sliding_window=True use attn_implementation='sdpa' or 'eager'."
-            )
-        return attention(self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs)
+        return attend_after_prefix(
+            self, query, key, value, attention_mask, implementation, attention, dropout, self.scaling, **kwargs
+        )
 
 
-__all__ = ["Qwen2ParScaleAttention", "prepend_per_stream", "repeat_for_streams", "show_prefix"]
+def attend_after_prefix(module, query, key, value, mask, implementation, attention, dropout, scaling, **kwargs):
+    """Attention over keys/values that start with the module's prefix, under `mask`, a mask over the real
+    tokens (or None: causal, no padding); `attention` is transformers' function of `implementation`."""
+    n_prefix = module.prefix_k.shape[2]
+    if implementation == "sdpa":
+        if mask is None:
+            return sdpa_causal_after_prefix(query, key, value, n_prefix, dropout, scaling), None
+        if query.shape[2] == 1 and mask.shape[1] == 1:  # one mask for all heads
+            return sdpa_one_query_under_mask(query, key, value, show_prefix(mask, n_prefix), dropout, scaling), None
+    if getattr(module, "sliding_window", None) is not None and is_flash_attention_requested(
+        requested_attention_implementation=implementation
+    ):
+        raise ValueError(
+            "Flash attention's sliding window would hide the stream prefixes from later tokens; with "
+            "parscale_n > 1 and sliding-window layers use attn_implementation='sdpa' or 'eager'."
+        )
+    kwargs.pop("sliding_window", None)  # the mask carries the window; the prefix stays visible
+    return attention(module, query, key, value, show_prefix(mask, n_prefix), dropout=dropout, scaling=scaling, **kwargs)
+
+
+def attach_prefixes(attention: nn.Module, n_streams: int, n_tokens: int, kv_heads: int, head_dim: int):
+    """Gives an attention module uninitialised prefixes `prefix_k`, `prefix_v` of shape (P, kv_heads, n, d),
+    or none (None) when n_streams is 1."""
+    if n_streams == 1:
+        attention.prefix_k = attention.prefix_v = None
+        return
+    like = next(attention.parameters())
+    shape = (n_streams, kv_heads, n_tokens, head_dim)
+    attention.prefix_k = nn.Parameter(torch.empty(shape, device=like.device, dtype=like.dtype))
+    attention.prefix_v = nn.Parameter(torch.empty(shape, device=like.device, dtype=like.dtype))
+
+
+__all__ = [
+    "Qwen2ParScaleAttention", "attach_prefixes", "attend_after_prefix", "prepend_per_stream", "repeat_for_streams",
+    "show_prefix",
+]  # fmt: skip

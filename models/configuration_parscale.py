@@ -1,11 +1,14 @@
 """Configuration of the ParScale language model (Chen et al. 2025, "Parallel Scaling Law for Language
-Models", arXiv 2505.10475): a Qwen2 configuration plus the number of parallel streams P and how their
-input prefixes and output aggregation are shaped and initialised.
+Models", arXiv 2505.10475): `Qwen2ParScaleConfig`, the released checkpoints' flat Qwen2 configuration plus the
+number of parallel streams P and how their input prefixes and output aggregation are shaped and initialised;
+and `ParScaleConfig`, the same ParScale fields around any decoder's own configuration (`backbone_config`).
 
 The field names `parscale_n`, `parscale_n_tokens` and `parscale_attn_smooth` are those of the released
 checkpoints' config.json, so that those files load unchanged."""
 
 from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.models.qwen2.configuration_qwen2 import Qwen2Config
 
 
@@ -48,23 +51,7 @@ class Qwen2ParScaleConfig(Qwen2Config):
 
     def validate_parscale(self):
         """Raises ValueError, naming the field and the fix, for values the model cannot be built from."""
-        if self.parscale_n < 1:
-            raise ValueError(
-                f"parscale_n must be at least 1 (the number of parallel streams P; 1 is plain Qwen2), "
-                f"got {self.parscale_n}."
-            )
-        if self.parscale_n > 1 and self.parscale_n_tokens < 1:
-            raise ValueError(
-                f"parscale_n_tokens must be at least 1 when parscale_n > 1 (each stream needs a prefix), "
-                f"got {self.parscale_n_tokens}."
-            )
-        if not 0.0 <= self.parscale_attn_smooth <= 1.0:
-            raise ValueError(
-                f"parscale_attn_smooth must lie in [0, 1] (0 = no smoothing, 1 = uniform weights), "
-                f"got {self.parscale_attn_smooth}."
-            )
-        if self.parscale_prefix_init_std < 0:
-            raise ValueError(f"parscale_prefix_init_std must be >= 0, got {self.parscale_prefix_init_std}.")
+        _check_parscale_fields(self)
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size ({self.hidden_size}); "
@@ -77,4 +64,62 @@ class Qwen2ParScaleConfig(Qwen2Config):
             )
 
 
-__all__ = ["Qwen2ParScaleConfig"]
+@strict
+class ParScaleConfig(PreTrainedConfig):
+    r"""
+    P parallel streams on any transformers decoder-only causal LM (`models.ParScaleForCausalLM`).
+
+    backbone_config (`dict` or `PreTrainedConfig`, defaults to a Qwen2 configuration):
+        The wrapped model's own configuration (Qwen2, Qwen3, Llama, Mistral, ...); a dict needs its
+        `model_type`.
+    parscale_n, parscale_n_tokens, parscale_attn_smooth, parscale_prefix_init_std:
+        As in `Qwen2ParScaleConfig`: the number of streams P (1 is the backbone itself), the prefix length,
+        the aggregation weights' smoothing and the prefixes' initial standard deviation.
+    """
+
+    model_type = "parscale"
+    sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2")}
+
+    backbone_config: dict | PreTrainedConfig | None = None
+    parscale_n: int = 1
+    parscale_n_tokens: int = 48
+    parscale_attn_smooth: float | int = 0.1
+    parscale_prefix_init_std: float | int = 0.02
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        # The head is the backbone's: tied exactly when the backbone ties its own.
+        self.tie_word_embeddings = bool(getattr(self.backbone_config, "tie_word_embeddings", False))
+        self.validate_parscale()
+
+    def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:
+        """The backbone's configuration: generation, caches and masks read layer counts and windows there."""
+        return self.backbone_config
+
+    def validate_parscale(self):
+        """Raises ValueError, naming the field and the fix, for values the model cannot be built from."""
+        _check_parscale_fields(self)
+
+
+def _check_parscale_fields(config):
+    if config.parscale_n < 1:
+        raise ValueError(
+            f"parscale_n must be at least 1 (the number of parallel streams P; 1 is the backbone itself), "
+            f"got {config.parscale_n}."
+        )
+    if config.parscale_n > 1 and config.parscale_n_tokens < 1:
+        raise ValueError(
+            f"parscale_n_tokens must be at least 1 when parscale_n > 1 (each stream needs a prefix), "
+            f"got {config.parscale_n_tokens}."
+        )
+    if not 0.0 <= config.parscale_attn_smooth <= 1.0:
+        raise ValueError(
+            f"parscale_attn_smooth must lie in [0, 1] (0 = no smoothing, 1 = uniform weights), "
+            f"got {config.parscale_attn_smooth}."
+        )
+    if config.parscale_prefix_init_std < 0:
+        raise ValueError(f"parscale_prefix_init_std must be >= 0, got {config.parscale_prefix_init_std}.")
+
+
+__all__ = ["ParScaleConfig", "Qwen2ParScaleConfig"]

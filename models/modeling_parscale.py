@@ -27,8 +27,6 @@ of shape (P, num_key_value_heads, parscale_n_tokens, head_dim) and `model.aggreg
 import os
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig
 from transformers import initialization as init
@@ -51,13 +49,9 @@ from transformers.utils import TransformersKwargs
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
-from .attention import Qwen2ParScaleAttention, repeat_for_streams, show_prefix
+from .attention import Qwen2ParScaleAttention, repeat_for_streams
 from .configuration_parscale import Qwen2ParScaleConfig
-
-
-def is_parscale_parameter(name: str) -> bool:
-    """Whether a parameter name belongs to ParScale (a prefix or the aggregator) rather than the backbone."""
-    return name.endswith((".prefix_k", ".prefix_v")) or ".aggregate_layer." in name
+from .parscale_parameters import ParScaleParameters, is_parscale_parameter, new_aggregator
 
 
 class Qwen2ParScaleDecoderLayer(Qwen2DecoderLayer):
@@ -72,15 +66,6 @@ class Qwen2ParScaleDecoderLayer(Qwen2DecoderLayer):
         self.mlp = Qwen2MLP(config)
         self.input_layernorm = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-
-
-def _new_aggregator(config: Qwen2ParScaleConfig, like: torch.Tensor) -> nn.Sequential:
-    """Linear(P*h -> h), SiLU, Linear(h -> P): per-token stream logits (uninitialised; see _init_weights)."""
-    hidden, n_streams = config.hidden_size, config.parscale_n
-    factory = {"device": like.device, "dtype": like.dtype}
-    return nn.Sequential(
-        nn.Linear(n_streams * hidden, hidden, **factory), nn.SiLU(), nn.Linear(hidden, n_streams, **factory)
-    )
 
 
 class Qwen2ParScalePreTrainedModel(Qwen2PreTrainedModel):
@@ -116,7 +101,9 @@ class Qwen2ParScaleModel(Qwen2ParScalePreTrainedModel, Qwen2Model):
         self.rotary_emb = Qwen2RotaryEmbedding(config=config)
         self.gradient_checkpointing = False
         self.has_sliding_layers = "sliding_attention" in config.layer_types
-        self.aggregate_layer = _new_aggregator(config, self.norm.weight) if config.parscale_n > 1 else None
+        self.aggregate_layer = None
+        if config.parscale_n > 1:
+            self.aggregate_layer = new_aggregator(config.hidden_size, config.parscale_n, self.norm.weight)
         self.post_init()
 
     @merge_with_config_defaults
@@ -158,7 +145,7 @@ class Qwen2ParScaleModel(Qwen2ParScalePreTrainedModel, Qwen2Model):
 
         outputs = super().forward(
             inputs_embeds=inputs_embeds,
-            attention_mask={kind: show_prefix(mask, self.config.parscale_n_tokens) for kind, mask in masks.items()},
+            attention_mask=masks,  # over the real tokens; the attention shows the prefix (attend_after_prefix)
             position_ids=position_ids,
             cache=cache,
             use_cache=use_cache,
@@ -219,7 +206,7 @@ class Qwen2ParScaleModel(Qwen2ParScalePreTrainedModel, Qwen2Model):
         return real.unflatten(0, (self.config.parscale_n, -1)).mean(dim=0)
 
 
-class Qwen2ParScaleForCausalLM(Qwen2ParScalePreTrainedModel, Qwen2ForCausalLM):
+class Qwen2ParScaleForCausalLM(ParScaleParameters, Qwen2ParScalePreTrainedModel, Qwen2ForCausalLM):
     """Qwen2ForCausalLM over a Qwen2ParScaleModel; forward (loss, logits) and generation are Qwen2's.
 
     Beyond that: `from_qwen2` adds streams to a Qwen2 model, `freeze_backbone` trains only the ParScale
@@ -298,81 +285,16 @@ class Qwen2ParScaleForCausalLM(Qwen2ParScalePreTrainedModel, Qwen2ForCausalLM):
             raise ValueError(f"The source has weights a Qwen2 backbone does not: {sorted(unexpected)[:5]}.")
         return model
 
-    def parscale_state_dict(self) -> dict[str, torch.Tensor]:
-        """The ParScale parameters only (prefixes and aggregator), by their full names."""
-        return {name: param for name, param in self.named_parameters() if is_parscale_parameter(name)}
+    def _backbone_config(self) -> Qwen2ParScaleConfig:
+        return self.config
 
-    def freeze_backbone(self):
-        """The paper's parameter-efficient mode: only the prefixes and the aggregator keep training."""
-        if self.config.parscale_n == 1:
-            raise ValueError(
-                "freeze_backbone() would leave nothing to train: with parscale_n=1 the model has no ParScale "
-                "parameters. Add streams first with Qwen2ParScaleForCausalLM.from_qwen2(model, parscale_n=P)."
-            )
-        for name, param in self.named_parameters():
-            param.requires_grad_(is_parscale_parameter(name))
-
-    def save_parscale_params(self, path: str | os.PathLike):
-        """Writes the ParScale parameters and their P to one small safetensors file."""
-        tensors = {name: param.detach().contiguous() for name, param in self.parscale_state_dict().items()}
-        save_file(tensors, path, metadata=self._parscale_metadata())
-
-    def load_parscale_params(self, path: str | os.PathLike):
-        """Loads a file written by `save_parscale_params`, switching the model to that file's P (and prefix
-        length and smoothing). The backbone is untouched and must be the one the file was trained with."""
-        with safe_open(path, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        if "parscale_n" not in metadata:
-            raise ValueError(f"{path} is not a ParScale parameter file (no parscale_n in its metadata).")
-        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads"):
-            if int(metadata[key]) != getattr(self.config, key):
-                raise ValueError(
-                    f"{path} was saved for a backbone with {key}={metadata[key]}, this model has "
-                    f"{getattr(self.config, key)}; load it into the backbone it was trained with."
-                )
-        self.set_parscale_n(int(metadata["parscale_n"]), int(metadata["parscale_n_tokens"]))
-        self.config.parscale_attn_smooth = float(metadata["parscale_attn_smooth"])
-        tensors = load_file(path)
-        expected = self.parscale_state_dict()
-        if set(tensors) != set(expected):
-            raise ValueError(
-                f"{path} does not hold this model's ParScale parameters: missing "
-                f"{sorted(set(expected) - set(tensors))[:3]}, unexpected {sorted(set(tensors) - set(expected))[:3]}."
-            )
-        with torch.no_grad():
-            for name, param in expected.items():
-                param.copy_(tensors[name])
-
-    def set_parscale_n(self, parscale_n: int, parscale_n_tokens: int | None = None):
-        """Switches to `parscale_n` streams with newly initialised prefixes and aggregator (or none for P = 1);
-        nothing changes if P and the prefix length are already these."""
-        parscale_n_tokens = parscale_n_tokens or self.config.parscale_n_tokens
-        if (parscale_n, parscale_n_tokens) == (self.config.parscale_n, self.config.parscale_n_tokens):
-            return
-        previous = self.config.parscale_n, self.config.parscale_n_tokens
-        self.config.parscale_n, self.config.parscale_n_tokens = parscale_n, parscale_n_tokens
-        try:
-            self.config.validate_parscale()
-        except ValueError:
-            self.config.parscale_n, self.config.parscale_n_tokens = previous
-            raise
-        new_modules = []
+    def _rebuild_parscale_modules(self, parscale_n: int, parscale_n_tokens: int) -> list[nn.Module]:
         for layer in self.model.layers:
             layer.self_attn.set_prefix_shape(parscale_n, parscale_n_tokens)
-            new_modules.append(layer.self_attn)
-        if parscale_n == 1:
-            self.model.aggregate_layer = None
-        else:
-            self.model.aggregate_layer = _new_aggregator(self.config, self.model.norm.weight)
-            new_modules.extend(self.model.aggregate_layer)
-        with torch.no_grad():
-            for module in new_modules:
-                self._init_weights(module)
-
-    def _parscale_metadata(self) -> dict[str, str]:
-        keys = ("parscale_n", "parscale_n_tokens", "parscale_attn_smooth")
-        keys += ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
-        return {key: str(getattr(self.config, key)) for key in keys}
+        self.model.aggregate_layer = None
+        if parscale_n > 1:
+            self.model.aggregate_layer = new_aggregator(self.config.hidden_size, parscale_n, self.model.norm.weight)
+        return [layer.self_attn for layer in self.model.layers] + list(self.model.aggregate_layer or [])
 
 
 __all__ = [
