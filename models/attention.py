@@ -29,20 +29,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention, apply_rotary_pos_emb, eager_attention_forward
 from transformers.utils.generic import is_flash_attention_requested
 
-
-def prepend_per_stream(prefix: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-    """(P, heads, n, d) prefix and (P*B, heads, t, d) states -> (P*B, heads, n + t, d), stream-major rows."""
-    n_streams = prefix.shape[0]
-    per_row = prefix.to(states.dtype).unsqueeze(1).expand(-1, states.shape[0] // n_streams, -1, -1, -1)
-    return torch.cat([per_row.flatten(0, 1), states], dim=2)
-
-
-def repeat_for_streams(tensor: torch.Tensor | None, n_streams: int, batch_size: int) -> torch.Tensor | None:
-    """A per-row input of the caller's B rows (mask, position ids) for the P*B stream-major rows; one that
-    broadcasts over the batch (first dimension 1 while B > 1) stays as it is."""
-    if tensor is None or (tensor.shape[0] == 1 and batch_size > 1):
-        return tensor
-    return tensor.repeat(n_streams, *[1] * (tensor.ndim - 1))
+from .streams import prepend_per_stream
 
 
 def show_prefix(mask, n_prefix: int):
@@ -185,7 +172,4 @@ def attach_prefixes(attention: nn.Module, n_streams: int, n_tokens: int, kv_head
     attention.prefix_v = nn.Parameter(torch.empty(shape, device=like.device, dtype=like.dtype))
 
 
-__all__ = [
-    "Qwen2ParScaleAttention", "attach_prefixes", "attend_after_prefix", "prepend_per_stream", "repeat_for_streams",
-    "show_prefix",
-]  # fmt: skip
+__all__ = ["Qwen2ParScaleAttention", "attach_prefixes", "attend_after_prefix", "show_prefix"]

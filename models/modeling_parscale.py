@@ -49,9 +49,11 @@ from transformers.utils import TransformersKwargs
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
-from .attention import Qwen2ParScaleAttention, repeat_for_streams
+from .attention import Qwen2ParScaleAttention
 from .configuration_parscale import Qwen2ParScaleConfig
 from .parscale_parameters import ParScaleParameters, is_parscale_parameter, new_aggregator
+from .stream_cache import StreamFoldedCache
+from .streams import mix_streams, per_row_attentions, repeat_for_streams, stream_weights
 
 
 class Qwen2ParScaleDecoderLayer(Qwen2DecoderLayer):
@@ -129,42 +131,47 @@ class Qwen2ParScaleModel(Qwen2ParScalePreTrainedModel, Qwen2Model):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
+        # Input transformation: every stream reads the same embeddings; row = b * P + stream.
         batch_size = inputs_embeds.shape[0]
-
-        # Input transformation: every stream reads the same embeddings; row = stream * B + b.
-        inputs_embeds = inputs_embeds.repeat(n_streams, 1, 1)
+        inputs_embeds = inputs_embeds.repeat_interleave(n_streams, dim=0)
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
+        # The caller's cache keeps its batch, the streams folded into the head axis (models/stream_cache.py).
+        stream_cache = None if cache is None else StreamFoldedCache(cache, n_streams)
         if position_ids is None:
             # The prefix is not in the cache, so the cache length is the real tokens' position.
             past_seen_tokens = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)
         position_ids = repeat_for_streams(position_ids, n_streams, batch_size)
-        masks = self._real_token_masks(inputs_embeds, attention_mask, cache, position_ids, batch_size)
+        masks = self._real_token_masks(inputs_embeds, attention_mask, stream_cache, position_ids, batch_size)
 
         outputs = super().forward(
             inputs_embeds=inputs_embeds,
             attention_mask=masks,  # over the real tokens; the attention shows the prefix (attend_after_prefix)
             position_ids=position_ids,
-            cache=cache,
+            cache=stream_cache,
             use_cache=use_cache,
             **kwargs,
             return_dict=True,
         )
+        outputs.cache = cache if outputs.cache is not None else None
         # Output aggregation, and the other outputs reported per input row (see `per_row_attentions`).
         weights = self.stream_weights(outputs.last_hidden_state)
-        outputs.last_hidden_state = self.mix_streams(outputs.last_hidden_state, weights)
+        outputs.last_hidden_state = mix_streams(outputs.last_hidden_state, weights)
         if outputs.hidden_states is not None:  # entries are None where output_hidden_states selects layers
             outputs.hidden_states = tuple(
-                None if states is None else self.mix_streams(states, weights) for states in outputs.hidden_states
+                None if states is None else mix_streams(states, weights) for states in outputs.hidden_states
             )
         if outputs.attentions is not None:
-            outputs.attentions = tuple(self.per_row_attentions(attention) for attention in outputs.attentions)
+            outputs.attentions = tuple(
+                per_row_attentions(attention, n_streams, self.config.parscale_n_tokens)
+                for attention in outputs.attentions
+            )
         return outputs
 
     def _real_token_masks(self, inputs_embeds, attention_mask, cache, position_ids, batch_size) -> dict:
-        """The attention masks over the real tokens for the P*B rows, per layer type, as transformers builds
+        """The attention masks over the real tokens for the B*P rows, per layer type, as transformers builds
         them for Qwen2 (None where no mask tensor is needed; see models/attention.py)."""
         n_streams = self.config.parscale_n
         if isinstance(attention_mask, dict):  # prepared by generate() for a static cache, for the B input rows
@@ -182,28 +189,9 @@ class Qwen2ParScaleModel(Qwen2ParScalePreTrainedModel, Qwen2Model):
         return masks
 
     def stream_weights(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """The aggregator's per-token weights of the streams, (B, T, P) in float32, from the (P*B, T, h)
-        final hidden states: a softmax smoothed towards uniform, w -> w (1 - eps) + eps / P."""
-        n_streams, smoothing = self.config.parscale_n, self.config.parscale_attn_smooth
-        streams = hidden_states.unflatten(0, (n_streams, -1)).permute(1, 2, 3, 0)  # (B, T, h, P)
-        # The aggregator reads the P states concatenated hidden-major, stream-minor (feature h * P + i), as
-        # in the released checkpoints; its softmax is taken in float32.
-        logits = self.aggregate_layer(streams.flatten(2))
-        weights = torch.softmax(logits.float(), dim=-1)
-        return weights * (1 - smoothing) + smoothing / n_streams
-
-    def mix_streams(self, hidden_states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """(P*B, T, h) states of the streams -> (B, T, h), each token's streams summed with `weights`."""
-        streams = hidden_states.unflatten(0, (self.config.parscale_n, -1)).permute(1, 2, 0, 3)  # (B, T, P, h)
-        return (streams * weights.unsqueeze(-1)).sum(dim=2).to(hidden_states.dtype)
-
-    def per_row_attentions(self, attention: torch.Tensor | None) -> torch.Tensor | None:
-        """(P*B, heads, T, n + S) attention probabilities of the streams -> (B, heads, T, S): the streams'
-        mean over the real tokens (the prefix columns dropped, so a row sums to its real tokens' share)."""
-        if attention is None:  # implementations that do not return probabilities (sdpa, flash)
-            return None
-        real = attention[..., self.config.parscale_n_tokens :]
-        return real.unflatten(0, (self.config.parscale_n, -1)).mean(dim=0)
+        """The aggregator's per-token stream weights (B, T, P) from the (B*P, T, h) final hidden states."""
+        return stream_weights(hidden_states, self.aggregate_layer, self.config.parscale_n,
+                              self.config.parscale_attn_smooth)  # fmt: skip
 
 
 class Qwen2ParScaleForCausalLM(ParScaleParameters, Qwen2ParScalePreTrainedModel, Qwen2ForCausalLM):
@@ -220,14 +208,6 @@ class Qwen2ParScaleForCausalLM(ParScaleParameters, Qwen2ParScalePreTrainedModel,
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    def _reorder_cache(self, cache, beam_idx: torch.LongTensor):
-        # Beam search selects among the B rows of the batch; the cache holds P * B rows, stream-major, and
-        # every stream follows the same selection.
-        n_rows = beam_idx.numel()
-        streams = torch.arange(self.config.parscale_n, device=beam_idx.device)
-        cache.reorder_cache((streams[:, None] * n_rows + beam_idx[None, :]).flatten())
-        return cache
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):

@@ -34,14 +34,9 @@ from .attention import attach_prefixes, attend_after_prefix
 from .configuration_parscale import ParScaleConfig
 from .parscale_parameters import ParScaleParameters, is_parscale_parameter, new_aggregator
 from .stream_cache import StreamFoldedCache
+from .streams import mix_streams, per_row_attentions, prepend_per_stream, repeat_for_streams, stream_weights
 
 STREAM_ATTENTION = "parscale_"
-
-
-def _prepend_per_row_stream(prefix: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-    """(P, heads, n, d) prefix and (B*P, heads, t, d) batch-major states -> (B*P, heads, n + t, d)."""
-    rows = prefix.to(states.dtype).unsqueeze(0).expand(states.shape[0] // prefix.shape[0], -1, -1, -1, -1)
-    return torch.cat([rows.flatten(0, 1), states], dim=2)
 
 
 def _stream_attention(implementation: str):
@@ -52,8 +47,8 @@ def _stream_attention(implementation: str):
             function = getattr(sys.modules[type(module).__module__], "eager_attention_forward", plain_eager_attention)
         else:
             function = ALL_ATTENTION_FUNCTIONS[implementation]
-        key = _prepend_per_row_stream(module.prefix_k, key)
-        value = _prepend_per_row_stream(module.prefix_v, value)
+        key = prepend_per_stream(module.prefix_k, key)
+        value = prepend_per_stream(module.prefix_v, value)
         return attend_after_prefix(
             module, query, key, value, attention_mask, implementation, function, dropout, scaling, **kwargs
         )
@@ -69,14 +64,6 @@ def register_stream_attention():
         name = STREAM_ATTENTION + implementation
         ALL_ATTENTION_FUNCTIONS.register(name, _stream_attention(implementation))
         ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[implementation])
-
-
-def _repeat_rows(tensor: torch.Tensor | None, n_streams: int) -> torch.Tensor | None:
-    """A per-row input of the caller's B rows (mask, position ids) for the B*P batch-major rows; one that
-    broadcasts over the batch (first dimension 1) stays as it is."""
-    if tensor is None or tensor.shape[0] == 1:
-        return tensor
-    return tensor.repeat_interleave(n_streams, dim=0)
 
 
 def check_wrappable(causal_lm: PreTrainedModel):
@@ -209,49 +196,30 @@ class ParScaleForCausalLM(ParScaleParameters, ParScalePreTrainedModel, Generatio
             inputs_embeds = self.model.get_input_embeddings()(input_ids)
         if use_cache is not False and cache is None and self.config.backbone_config.use_cache:
             cache = DynamicCache(config=self.config.backbone_config)
+        batch_size = inputs_embeds.shape[0]
         if isinstance(attention_mask, dict):  # prepared by generate() for a static cache, for the B input rows
-            attention_mask = {kind: _repeat_rows(mask, n_streams) for kind, mask in attention_mask.items()}
+            attention_mask = {key: repeat_for_streams(m, n_streams, batch_size) for key, m in attention_mask.items()}
         else:
-            attention_mask = _repeat_rows(attention_mask, n_streams)
+            attention_mask = repeat_for_streams(attention_mask, n_streams, batch_size)
         outputs = self.model(
             inputs_embeds=inputs_embeds.repeat_interleave(n_streams, dim=0),
             attention_mask=attention_mask,
-            position_ids=_repeat_rows(position_ids, n_streams),
+            position_ids=repeat_for_streams(position_ids, n_streams, batch_size),
             cache=None if cache is None else StreamFoldedCache(cache, n_streams),
             use_cache=use_cache,
             **kwargs,
         )
-        weights = self.stream_weights(outputs.last_hidden_state)
-        outputs.last_hidden_state = self.mix_streams(outputs.last_hidden_state, weights)
+        smoothing, n_prefix = self.config.parscale_attn_smooth, self.config.parscale_n_tokens
+        weights = stream_weights(outputs.last_hidden_state, self.model.aggregate_layer, n_streams, smoothing)
+        outputs.last_hidden_state = mix_streams(outputs.last_hidden_state, weights)
         outputs.cache = cache if outputs.cache is not None else None
         if outputs.hidden_states is not None:
             outputs.hidden_states = tuple(
-                None if states is None else self.mix_streams(states, weights) for states in outputs.hidden_states
+                None if states is None else mix_streams(states, weights) for states in outputs.hidden_states
             )
         if outputs.attentions is not None:
-            outputs.attentions = tuple(self.per_row_attentions(attention) for attention in outputs.attentions)
+            outputs.attentions = tuple(per_row_attentions(each, n_streams, n_prefix) for each in outputs.attentions)
         return outputs
-
-    def stream_weights(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """The aggregator's per-token stream weights (B, T, P), float32, from (B*P, T, h) final states: a softmax
-        smoothed towards uniform, read hidden-major, stream-minor as in the released checkpoints."""
-        n_streams, smoothing = self.config.parscale_n, self.config.parscale_attn_smooth
-        streams = hidden_states.unflatten(0, (-1, n_streams)).permute(0, 2, 3, 1)  # (B, T, h, P)
-        weights = torch.softmax(self.model.aggregate_layer(streams.flatten(2)).float(), dim=-1)
-        return weights * (1 - smoothing) + smoothing / n_streams
-
-    def mix_streams(self, hidden_states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """(B*P, T, h) states of the streams -> (B, T, h), each token's streams summed with `weights`."""
-        streams = hidden_states.unflatten(0, (-1, self.config.parscale_n)).transpose(1, 2)  # (B, T, P, h)
-        return (streams * weights.unsqueeze(-1)).sum(dim=2).to(hidden_states.dtype)
-
-    def per_row_attentions(self, attention: torch.Tensor | None) -> torch.Tensor | None:
-        """(B*P, heads, T, n + S) attention probabilities -> (B, heads, T, S): the streams' mean over the real
-        tokens (prefix columns dropped)."""
-        if attention is None:
-            return None
-        real = attention[..., self.config.parscale_n_tokens :]
-        return real.unflatten(0, (-1, self.config.parscale_n)).mean(dim=1)
 
     @classmethod
     def from_backbone(cls, source, parscale_n: int, **parscale_fields) -> "ParScaleForCausalLM":

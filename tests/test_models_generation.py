@@ -93,7 +93,7 @@ def test_static_cache_decodes_the_dynamic_caches_tokens(model_tiny, compiled):
     assert hasattr(model_tiny, "_compiled_call") == compiled
 
 
-def test_static_cache_holds_the_real_tokens_of_every_stream(model_tiny):
+def test_static_cache_holds_the_real_tokens_of_every_stream_with_the_callers_batch(model_tiny):
     input_ids = torch.randint(0, 256, (2, 7))
     with torch.no_grad():
         output = model_tiny.generate(
@@ -102,5 +102,6 @@ def test_static_cache_holds_the_real_tokens_of_every_stream(model_tiny):
         )  # fmt: skip
     config, cache = model_tiny.config, output.cache
     assert isinstance(cache, StaticCache)
-    assert cache.layers[0].keys.shape[:2] == (config.parscale_n * 2, config.num_key_value_heads)
+    # The caller's batch of 2; the streams folded into the head axis (models/stream_cache.py).
+    assert cache.layers[0].keys.shape[:2] == (2, config.parscale_n * config.num_key_value_heads)
     assert cache.get_seq_length() == 7 + 5 - 1  # the prompt and the tokens fed back, no prefix positions

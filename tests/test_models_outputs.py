@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from models import Qwen2ParScaleForCausalLM, parscale_config
+from models.streams import mix_streams
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_hidden_states_are_the_streams_mixed_with_the_aggregation_weights(model)
     with torch.no_grad():
         final_streams = model.model.norm(layer_outputs[-1])
         weights = model.model.stream_weights(final_streams)
-        expected = model.model.mix_streams(layer_outputs[0], weights)
+        expected = mix_streams(layer_outputs[0], weights)
     torch.testing.assert_close(hidden_states[1], expected)
 
 
@@ -64,7 +65,7 @@ def test_attentions_are_the_stream_mean_over_the_real_tokens(model):
     n_prefix = model.config.parscale_n_tokens
     raw = attention_outputs[0][1]  # (P * B, heads, T, n + T) probabilities of the streams
     assert raw.shape == (3 * 2, model.config.num_attention_heads, 7, n_prefix + 7)
-    expected = raw[..., n_prefix:].unflatten(0, (3, 2)).mean(dim=0)
+    expected = raw[..., n_prefix:].unflatten(0, (2, 3)).mean(dim=1)  # batch-major rows
     assert output.attentions[0].shape == (2, model.config.num_attention_heads, 7, 7)
     torch.testing.assert_close(output.attentions[0], expected)
     assert (output.attentions[0].sum(-1) < 1).all()  # the prefix took a share of every row
