@@ -26,6 +26,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from transformers.models.llama.modeling_llama import eager_attention_forward as plain_eager_attention
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
@@ -66,11 +67,33 @@ def register_stream_attention():
         ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[implementation])
 
 
+def build_backbone(backbone_config) -> PreTrainedModel:
+    """transformers' causal LM of `backbone_config`, refused in one line where ParScale cannot wrap it."""
+    if getattr(backbone_config, "is_encoder_decoder", False):
+        raise ValueError(
+            f"{backbone_config.model_type} is an encoder-decoder model (no causal LM of one decoder stack); "
+            "ParScale wraps decoder-only causal LMs."
+        )
+    try:
+        causal_lm = AutoModelForCausalLM.from_config(backbone_config)
+    except ValueError as error:
+        raise ValueError(
+            f"transformers has no causal LM class for {backbone_config.model_type}; "
+            "ParScale wraps decoder-only causal LMs."
+        ) from error
+    check_wrappable(causal_lm)
+    return causal_lm
+
+
+def default_attention(backbone_config) -> str:
+    """sdpa where the backbone's class supports it (Gemma 2's soft-capping does not), else eager."""
+    causal_lm_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(backbone_config), None)
+    return "sdpa" if causal_lm_class is None or causal_lm_class._supports_sdpa else "eager"
+
+
 def check_wrappable(causal_lm: PreTrainedModel):
     """Raises ValueError, naming the missing feature, for a model whose streams this wrapper cannot add."""
     name = type(causal_lm).__name__
-    if getattr(causal_lm.config, "is_encoder_decoder", False):
-        raise ValueError(f"{name} is an encoder-decoder model; ParScale wraps decoder-only causal LMs.")
     layers = getattr(getattr(causal_lm, "model", None), "layers", None)
     if causal_lm.base_model_prefix != "model" or layers is None:
         raise ValueError(f"{name} keeps no decoder layers at model.layers; ParScale cannot place its prefixes.")
@@ -93,20 +116,33 @@ class ParScalePreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = True
 
+    def initialize_weights(self):
+        super().initialize_weights()
+        # transformers hands the backbone's modules to the backbone's own rules (it is a PreTrainedModel of its
+        # own), which know no prefixes. Loaded prefixes are flagged initialised and kept (init.normal_).
+        for layer in self.model.layers:
+            self._init_prefixes(layer.self_attn)
+
     def _init_weights(self, module):
         if getattr(module, "prefix_k", None) is not None:
-            init.normal_(module.prefix_k, mean=0.0, std=self.config.parscale_prefix_init_std)
-            init.normal_(module.prefix_v, mean=0.0, std=self.config.parscale_prefix_init_std)
-        self.model._init_weights(module)  # the backbone's own rules, the aggregator's Linear layers included
+            self._init_prefixes(module)
+        else:  # the head, or a new aggregator's Linear layers: the backbone's rules
+            self.model._init_weights(module)
+
+    def _init_prefixes(self, attention: nn.Module):
+        if attention.prefix_k is not None:
+            init.normal_(attention.prefix_k, mean=0.0, std=self.config.parscale_prefix_init_std)
+            init.normal_(attention.prefix_v, mean=0.0, std=self.config.parscale_prefix_init_std)
 
 
 class ParScaleForCausalLM(ParScaleParameters, ParScalePreTrainedModel, GenerationMixin):
     """P parallel streams of a transformers decoder-only causal LM (see the module docstring)."""
 
     def __init__(self, config: ParScaleConfig):
+        if config._attn_implementation is None:  # the default the backbone's own class would take
+            config._attn_implementation = default_attention(config.backbone_config)
         super().__init__(config)
-        backbone = AutoModelForCausalLM.from_config(config.backbone_config)
-        check_wrappable(backbone)
+        backbone = build_backbone(config.backbone_config)
         self.model, self.lm_head = backbone.model, backbone.get_output_embeddings()
         self._no_split_modules = backbone._no_split_modules
         if config.tie_word_embeddings:
