@@ -7,7 +7,9 @@ by default: unlike wall-clock time it does not count the other jobs of a shared 
 uses more; CPU time then includes the threads' waiting).
 
 `--baseline REV` adds ParScale at each P as the code of git revision REV builds it (same weights), timed in
-the same rounds, to measure a change of the model against the code before it.
+the same rounds, to measure a change of the model against the code before it. `--wrapped` adds, the same
+way, `ParScaleForCausalLM` around transformers' Qwen2 (the general model; target: its training step within 3%
+of Qwen2ParScaleForCausalLM's at P = 1 and 8), and prints their ratio per P.
 
 Columns: tokens/s counts the input tokens (not P times them) per CPU second; "cost" is the time per
 token relative to ParScale at P = 1 (targets: Qwen2 within 3% of P = 1, cost at most P); "act MiB" is
@@ -29,7 +31,9 @@ from pathlib import Path
 import torch
 from transformers import Qwen2ForCausalLM
 
+from models.configuration_parscale import ParScaleConfig
 from models.modeling_parscale import Qwen2ParScaleForCausalLM
+from models.parscale_lm import ParScaleForCausalLM
 from models.presets import parscale_config
 
 
@@ -70,9 +74,10 @@ def load_baseline(revision: str):
     return importlib.import_module(f"{name}.modeling_parscale"), importlib.import_module(f"{name}.presets")
 
 
-def build_models(shape: Shape, parscale_ns, baseline=None) -> dict[str, torch.nn.Module]:
+def build_models(shape: Shape, parscale_ns, baseline=None, wrapped=False) -> dict[str, torch.nn.Module]:
     """Qwen2 and ParScale at each P, all sharing the same backbone weights; with `baseline` (revision,
-    (modeling module, presets module)) also ParScale at each P as that revision builds it, same weights."""
+    (modeling module, presets module)) also ParScale at each P as that revision builds it, same weights;
+    with `wrapped`, ParScaleForCausalLM on a Qwen2 backbone at each P, same weights."""
     torch.manual_seed(0)
     base = Qwen2ParScaleForCausalLM(parscale_config(shape.size, 1, **shape.overrides))
     qwen2 = Qwen2ForCausalLM(base.config.to_qwen2_config())
@@ -86,6 +91,14 @@ def build_models(shape: Shape, parscale_ns, baseline=None) -> dict[str, torch.nn
             old = modeling.Qwen2ParScaleForCausalLM(presets.parscale_config(shape.size, parscale_n, **shape.overrides))
             old.load_state_dict(models[f"P={parscale_n}"].state_dict())
             models[f"P={parscale_n} @{revision}"] = old
+    if wrapped:
+        for parscale_n in parscale_ns:
+            released = models[f"P={parscale_n}"]
+            config = ParScaleConfig(backbone_config=qwen2.config.to_dict(), parscale_n=parscale_n,
+                                    parscale_n_tokens=released.config.parscale_n_tokens)  # fmt: skip
+            general = ParScaleForCausalLM(config)
+            general.load_state_dict(released.state_dict())
+            models[f"wrapped P={parscale_n}"] = general
     return models
 
 
@@ -134,8 +147,8 @@ def decode_seconds(model, prompt, new_tokens) -> tuple[float, int]:
     return seconds, cache_bytes
 
 
-def benchmark_shape(shape: Shape, parscale_ns, repeats: int, baseline=None) -> list[dict]:
-    models = build_models(shape, parscale_ns, baseline)
+def benchmark_shape(shape: Shape, parscale_ns, repeats: int, baseline=None, wrapped=False) -> list[dict]:
+    models = build_models(shape, parscale_ns, baseline, wrapped)
     input_ids = torch.randint(0, 256, (shape.train_batch, shape.train_length))
     prompt = torch.randint(0, 256, (1, shape.prompt_length))
     train_times = {name: [] for name in models}
@@ -184,12 +197,25 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def wrapped_ratios(rows: list[dict]) -> str:
+    """Training step time of the wrapped Qwen2 over Qwen2ParScaleForCausalLM's, per shape and P."""
+    lines = ["training step time, ParScaleForCausalLM(Qwen2) / Qwen2ParScaleForCausalLM:"]
+    by_name = {(row["shape"], row["model"]): row for row in rows}
+    for (shape, name), row in by_name.items():
+        if name.startswith("wrapped "):
+            released = by_name[(shape, name.removeprefix("wrapped "))]
+            ratio = released["train_tokens_per_s"] / row["train_tokens_per_s"]
+            lines.append(f"  {shape:<24}{name.removeprefix('wrapped '):<6}{ratio:.3f}")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parscale-n", type=int, nargs="+", default=[1, 2, 4, 8], help="values of P (1 is required)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per row, after one warm-up round")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--baseline", metavar="REV", help="also time ParScale as git revision REV builds it")
+    parser.add_argument("--wrapped", action="store_true", help="also time ParScaleForCausalLM around Qwen2")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if 1 not in args.parscale_n:
@@ -199,8 +225,10 @@ def main(argv=None):
     baseline = (args.baseline, load_baseline(args.baseline)) if args.baseline else None
     rows = []
     for shape in DEFAULT_SHAPES:
-        rows += benchmark_shape(shape, args.parscale_n, args.repeats, baseline)
+        rows += benchmark_shape(shape, args.parscale_n, args.repeats, baseline, args.wrapped)
     print(format_table(rows))
+    if args.wrapped:
+        print(wrapped_ratios(rows))
 
 
 if __name__ == "__main__":
