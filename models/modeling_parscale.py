@@ -201,6 +201,8 @@ class Qwen2ParScaleForCausalLM(ParScaleParameters, Qwen2ParScalePreTrainedModel,
     parameters, and `save_parscale_params` / `load_parscale_params` keep several P-specific sets for one
     backbone and switch between them."""
 
+    ADD_STREAMS = "from_qwen2"  # named in from_pretrained's refusal
+
     def __init__(self, config: Qwen2ParScaleConfig):
         # Qwen2ForCausalLM's modules, assembled here (its __init__ would build a Qwen2Model).
         PreTrainedModel.__init__(self, config)
@@ -208,30 +210,6 @@ class Qwen2ParScaleForCausalLM(ParScaleParameters, Qwen2ParScalePreTrainedModel,
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """PreTrainedModel.from_pretrained, refusing a checkpoint that holds the backbone but lacks the prefixes
-        or the aggregator its config asks for (a Qwen2 checkpoint, or released files partly downloaded), rather
-        than silently putting random ParScale weights on a trained backbone. Where the backbone is missing
-        too, nothing trained is loaded, and transformers' usual path applies: every missing weight is
-        initialised and listed in the loading report."""
-        wants_loading_info = kwargs.pop("output_loading_info", False)
-        model, loading_info = super().from_pretrained(
-            pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
-        )
-        missing = set(loading_info["missing_keys"])
-        missing_parscale = sorted(name for name in missing if is_parscale_parameter(name))
-        loaded_backbone = any(name not in missing for name, _ in model.named_parameters()
-                              if not is_parscale_parameter(name))
-        if missing_parscale and loaded_backbone:
-            raise ValueError(
-                f"The checkpoint {pretrained_model_name_or_path} has parscale_n={model.config.parscale_n} in its "
-                f"config but lacks {len(missing_parscale)} ParScale weights ({', '.join(missing_parscale[:3])}, ...). "
-                "To add streams to a Qwen2 checkpoint, use Qwen2ParScaleForCausalLM.from_qwen2(path, parscale_n=P), "
-                "which initialises them; for a released ParScale checkpoint, re-download its safetensors files."
-            )
-        return (model, loading_info) if wants_loading_info else model
 
     @classmethod
     def from_qwen2(cls, source, parscale_n: int, **config_overrides) -> "Qwen2ParScaleForCausalLM":
@@ -254,7 +232,7 @@ class Qwen2ParScaleForCausalLM(ParScaleParameters, Qwen2ParScalePreTrainedModel,
 
         if isinstance(source, (str, os.PathLike)):
             # The unchecked loader: the ParScale weights are missing on purpose and get initialised.
-            model, loading_info = super().from_pretrained(source, config=config, output_loading_info=True)
+            model, loading_info = cls.load_without_parscale_check(source, config=config)
             unexpected = loading_info["unexpected_keys"]
         else:
             model = cls(config).to(device=source.device, dtype=source.dtype)

@@ -138,6 +138,8 @@ class ParScalePreTrainedModel(PreTrainedModel):
 class ParScaleForCausalLM(ParScaleParameters, ParScalePreTrainedModel, GenerationMixin):
     """P parallel streams of a transformers decoder-only causal LM (see the module docstring)."""
 
+    ADD_STREAMS = "from_backbone"  # named in from_pretrained's refusal
+
     def __init__(self, config: ParScaleConfig):
         if config._attn_implementation is None:  # the default the backbone's own class would take
             config._attn_implementation = default_attention(config.backbone_config)
@@ -274,7 +276,7 @@ class ParScaleForCausalLM(ParScaleParameters, ParScalePreTrainedModel, Generatio
             backbone_config = backbone_config.backbone_config
         config = ParScaleConfig(backbone_config=backbone_config.to_dict(), parscale_n=parscale_n, **parscale_fields)
         if from_path:
-            model, info = super().from_pretrained(source, config=config, output_loading_info=True)
+            model, info = cls.load_without_parscale_check(source, config=config)
             missing, unexpected = info["missing_keys"], info["unexpected_keys"]
         else:
             model = cls(config).to(device=source.device, dtype=source.dtype)

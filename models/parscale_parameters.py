@@ -32,6 +32,36 @@ class ParScaleParameters:
     holding hidden_size, ...) and `_rebuild_parscale_modules(P, n)` (new prefixes and aggregator, returned
     for initialisation)."""
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """PreTrainedModel.from_pretrained, refusing a checkpoint that holds the backbone but lacks the prefixes
+        or the aggregator its config asks for (a backbone checkpoint, or released files partly downloaded), rather
+        than silently putting random ParScale weights on a trained backbone. Where the backbone is missing
+        too, nothing trained is loaded, and transformers' usual path applies: every missing weight is
+        initialised and listed in the loading report."""
+        wants_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(
+            pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+        )
+        missing = set(loading_info["missing_keys"])
+        missing_parscale = sorted(name for name in missing if is_parscale_parameter(name))
+        loaded_backbone = any(name not in missing for name, _ in model.named_parameters()
+                              if not is_parscale_parameter(name))  # fmt: skip
+        if missing_parscale and loaded_backbone:
+            raise ValueError(
+                f"The checkpoint {pretrained_model_name_or_path} has parscale_n={model.config.parscale_n} in its "
+                f"config but lacks {len(missing_parscale)} ParScale weights ({', '.join(missing_parscale[:3])}, ...). "
+                f"To add streams to a backbone checkpoint, use {cls.__name__}.{cls.ADD_STREAMS}(path, parscale_n=P), "
+                "which initialises them; for a released ParScale checkpoint, re-download its safetensors files."
+            )
+        return (model, loading_info) if wants_loading_info else model
+
+    @classmethod
+    def load_without_parscale_check(cls, path, **kwargs):
+        """transformers' from_pretrained as it is, with its loading report: for adding streams to a backbone
+        checkpoint, whose ParScale weights are missing on purpose and get initialised."""
+        return super().from_pretrained(path, output_loading_info=True, **kwargs)
+
     def parscale_state_dict(self) -> dict[str, torch.Tensor]:
         """The ParScale parameters only (prefixes and aggregator), by their full names."""
         return {name: param for name, param in self.named_parameters() if is_parscale_parameter(name)}

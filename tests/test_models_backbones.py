@@ -188,3 +188,11 @@ def test_a_model_it_cannot_wrap_is_refused_naming_what_is_missing(config, words)
     with pytest.raises(ValueError, match=words) as error:
         ParScaleForCausalLM(ParScaleConfig(backbone_config=config, parscale_n=2))
     assert "\n" not in str(error.value)
+
+
+def test_from_pretrained_refuses_a_backbone_checkpoint_without_the_streams_weights(tmp_path):
+    plain = backbone("qwen3")
+    plain.save_pretrained(tmp_path)
+    config = ParScaleConfig(backbone_config=plain.config.to_dict(), parscale_n=2)
+    with pytest.raises(ValueError, match="lacks .* ParScale weights.*ParScaleForCausalLM.from_backbone"):
+        ParScaleForCausalLM.from_pretrained(tmp_path, config=config)
