@@ -2,8 +2,8 @@
 2505.10475) on transformers 5, built from transformers' own Qwen2 modules.
 
 ParScale runs P parallel streams through one shared Qwen2 backbone:
-  1. Input transformation: the token embeddings are repeated P times along the batch axis, stream-major
-     (row = stream * B + b), and in every layer stream i attends to its own learned prefix: extra
+  1. Input transformation: the token embeddings are repeated P times along the batch axis, batch-major
+     (row = b * P + stream; models/streams.py), and in every layer stream i attends to its own learned prefix: extra
      key/value positions in front of the real tokens, always visible, with no rotary embedding, and not
      shifting the real tokens' positions.
   2. Output aggregation: after the final norm, a small MLP reads each token's P hidden states and gives
@@ -13,14 +13,16 @@ With P = 1 neither exists and the model is exactly Qwen2.
 
 Unlike the released inference code, the prefix is never run as queries: it is only prepended to the keys
 and values (models/attention.py, which also says which masks each attention implementation gets). The KV
-cache holds the real tokens only (P * B rows, stream-major), so beam search, left padding, static caches and
-cache positions work as in Qwen2; the prefix is prepended again at each step.
+cache holds the real tokens only, with the caller's B rows, the streams folded into the head axis
+(models/stream_cache.py), so beam search, assisted decoding, left padding, static caches and cache positions
+work as in Qwen2; the prefix is prepended again at each step.
 
-Everything else the model returns has the caller's B rows: `last_hidden_state` is the aggregated state,
+Everything the model returns has the caller's B rows: `last_hidden_state` is the aggregated state,
 per-layer hidden states are the streams mixed with the aggregator's own per-token weights (so the last is
 `last_hidden_state`), and attentions are the streams' mean over the real tokens (`per_row_attentions`).
 
-Parameter names follow the released checkpoints: Qwen2's, plus `model.layers.{i}.self_attn.prefix_{k,v}`
+`models/parscale_lm.py` is the same model on any decoder backbone. Parameter names follow the released
+checkpoints: Qwen2's, plus `model.layers.{i}.self_attn.prefix_{k,v}`
 of shape (P, num_key_value_heads, parscale_n_tokens, head_dim) and `model.aggregate_layer.{0,2}`.
 """
 
