@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import Qwen2ParScaleAttention
-
 
 @dataclass(frozen=True)
 class StreamAblation:
@@ -38,7 +36,7 @@ def every_stream_reads(model, stream: int):
     """Within the block, every stream's prefix (keys and values, every layer) is a copy of `stream`'s."""
     saved = []
     for module in model.modules():
-        if isinstance(module, Qwen2ParScaleAttention) and module.prefix_k is not None:
+        if getattr(module, "prefix_k", None) is not None:  # an attention module of either ParScale model
             for prefix in (module.prefix_k, module.prefix_v):
                 saved.append((prefix, prefix.detach().clone()))
                 prefix.data.copy_(prefix.data[stream : stream + 1].expand_as(prefix))

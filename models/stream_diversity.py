@@ -52,15 +52,18 @@ class StreamDiversity:
 def recording_stream_diversity(model):
     """Within the block, every forward pass of `model` (a ParScale model, its CausalLM, or anything holding
     one as `.model`) adds its tokens to the yielded StreamDiversity; yields None for a P = 1 model."""
-    inner = model
+    inner, smoothing = model, None
     while not hasattr(inner, "aggregate_layer") and hasattr(inner, "model"):
+        smoothing = getattr(inner.config, "parscale_attn_smooth", smoothing)
         inner = inner.model
     aggregator = getattr(inner, "aggregate_layer", None)
     if aggregator is None:
         yield None
         return
     record = StreamDiversity()
-    hidden, smoothing = inner.config.hidden_size, inner.config.parscale_attn_smooth
+    # The backbone's own config (ParScaleForCausalLM) has no ParScale fields: the smoothing is the wrapper's.
+    smoothing = getattr(inner.config, "parscale_attn_smooth", smoothing)
+    hidden = aggregator[0].out_features
 
     def hook(module, inputs, logits):
         # The aggregator reads the P states concatenated hidden-major, stream-minor (feature h * P + i).

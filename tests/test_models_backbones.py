@@ -18,6 +18,8 @@ from transformers import (
 )
 
 from models import ParScaleConfig, ParScaleForCausalLM, Qwen2ParScaleForCausalLM, parscale_config
+from models.stream_ablation import stream_ablation
+from models.stream_diversity import recording_stream_diversity
 
 SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
          "intermediate_size": 64, "vocab_size": 99, "max_position_embeddings": 64, "pad_token_id": 0}  # fmt: skip
@@ -196,3 +198,13 @@ def test_from_pretrained_refuses_a_backbone_checkpoint_without_the_streams_weigh
     config = ParScaleConfig(backbone_config=plain.config.to_dict(), parscale_n=2)
     with pytest.raises(ValueError, match="lacks .* ParScale weights.*ParScaleForCausalLM.from_backbone"):
         ParScaleForCausalLM.from_pretrained(tmp_path, config=config)
+
+
+def test_the_stream_ablation_and_diversity_read_the_general_model():
+    model = streams("qwen3")
+    input_ids = torch.randint(1, 99, (4, 9))
+    ablation = stream_ablation(model, input_ids)
+    assert len(ablation.single_stream_losses) == 2 and ablation.stream_gain != 0.0 and ablation.aggregator_gain != 0.0
+    with recording_stream_diversity(model) as record, torch.no_grad():
+        model(input_ids)
+    assert 0.0 < record.stream_distance < 2.0
