@@ -54,7 +54,7 @@ def recording_stream_diversity(model):
     one as `.model`) adds its tokens to the yielded StreamDiversity; yields None for a P = 1 model."""
     inner, smoothing = model, None
     while not hasattr(inner, "aggregate_layer") and hasattr(inner, "model"):
-        smoothing = getattr(inner.config, "parscale_attn_smooth", smoothing)
+        smoothing = getattr(getattr(inner, "config", None), "parscale_attn_smooth", smoothing)
         inner = inner.model
     aggregator = getattr(inner, "aggregate_layer", None)
     if aggregator is None:
