@@ -123,13 +123,18 @@ def test_save_pretrained_reloads_through_the_auto_classes(family, tmp_path):
         torch.testing.assert_close(reloaded(input_ids).logits, model(input_ids).logits, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["qwen3", "llama3"])
+@pytest.mark.parametrize("family", ["qwen3", "llama3", "mistral"])
 def test_forward_compiles_as_one_graph(family):
+    torch._dynamo.reset()
     model = streams(family)
     input_ids = torch.randint(1, 99, (2, 9))
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1], [1] * 9])  # left padding: the masked path
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
-        torch.testing.assert_close(compiled(input_ids).logits, model(input_ids).logits, atol=1e-5, rtol=0)
+        for inputs in ({}, {"attention_mask": mask}):
+            torch.testing.assert_close(compiled(input_ids, **inputs).logits, model(input_ids, **inputs).logits,
+                                       atol=1e-5, rtol=0)  # fmt: skip
+    torch._dynamo.reset()
 
 
 def test_from_backbone_reads_a_checkpoint_and_starts_near_uniform_stream_weights(tmp_path):
