@@ -41,6 +41,8 @@ WANDB_MODES = ("offline", "online", "disabled")
 
 # Keys a restarted run may change without becoming a different run: where and how often it reports, and how
 # the same computation is laid out on the hardware. Everything else defines the run (see `identity`).
+# The decoder family of a model mapping without a `backbone` key: the released Qwen2 layout (models/presets.py).
+DEFAULT_BACKBONE = "qwen2"
 RESUMABLE_CHANGES = (
     "run_dir",
     "wandb",
@@ -181,8 +183,16 @@ class TrainConfig:
         if "name" not in self.model:
             raise ConfigError("the model mapping has no `name`; compose it with model=<size> (conf/model/*.yaml)")
         if self.parscale_n < 1:
-            raise ConfigError(f"parscale_n={self.parscale_n}: P must be at least 1 (1 = plain Qwen2); "
+            raise ConfigError(f"parscale_n={self.parscale_n}: P must be at least 1 (1 = the plain backbone); "
                               "set parscale_n=1, 2, 4 or 8")
+        backbone = self.model.get("backbone", DEFAULT_BACKBONE)
+        if backbone != DEFAULT_BACKBONE:
+            from models.presets import backbone_config_class  # transformers: only for another family
+
+            try:
+                backbone_config_class(backbone)
+            except ValueError as error:
+                raise ConfigError(f"model.backbone={backbone}: {error}") from None
         model_p = self.model.get("parscale_n", self.parscale_n)
         if model_p != self.parscale_n:
             raise ConfigError(
@@ -270,6 +280,8 @@ def identity(config: TrainConfig) -> dict:
     values = asdict(config)
     for key in RESUMABLE_CHANGES:
         values.pop(key)
+    if values["model"].get("backbone") == DEFAULT_BACKBONE:  # runs from before the key existed keep their id
+        values["model"] = {key: value for key, value in values["model"].items() if key != "backbone"}
     return values
 
 
