@@ -51,7 +51,7 @@ def build_trained(config: TrainConfig, built, env: Environment, strategy: str, c
     """The module the loop trains (the loss over the model) and the model itself, laid out on this process's
     device: built on the meta device, checkpointed, compiled and sharded as configured, then materialised
     with fresh weights, or (two-stage) the stage-one backbone's. `model_class`: another causal LM class with
-    the same layout (the GPU check's plain Qwen2)."""
+    the same layout (the GPU check's plain backbone)."""
     try:
         with torch.device("meta"):
             lm = model_class(built) if model_class else new_model(built)

@@ -139,7 +139,7 @@ class TrainConfig:
     compile: bool | None = None  # torch.compile per decoder block; None: on CUDA only
     attn_implementation: str = "sdpa"  # one of ATTENTION
     loss_chunk_tokens: int = 4096  # tokens per chunk of the cross-entropy (the logits never exist whole)
-    init_from: str | None = None  # stage 2: its stage-1 run dir; stage 0: a finished P = 1 run or Qwen2 checkpoint dir
+    init_from: str | None = None  # stage 2: its stage-1 run dir; stage 0: a P = 1 run or model.backbone checkpoint
     freeze_backbone: bool = False  # two-stage: train only the prefixes and the aggregator
     stage: int = 0  # two-stage training (run/stages.py): 0 one stage; 1 the P = 1 backbone; 2 streams added to it
     stage2_fraction: float = 0.0  # the last fraction of `tokens` that is stage 2 (0: one stage)

@@ -132,7 +132,7 @@ def _check_one_stage(config) -> None:
             "for one run set stage=1 (the P = 1 backbone), then stage=2 init_from=<its run dir>"
         )
     if config.freeze_backbone and not config.init_from:
-        raise StageError("freeze_backbone=true needs init_from=<a P = 1 run dir or Qwen2 checkpoint> (stage 2 only)")
+        raise StageError("freeze_backbone=true needs init_from=<a P = 1 run or backbone checkpoint dir> (stage 2 only)")
     if config.init_from and config.parscale_n == 1:
         raise StageError("init_from is two-stage training, which adds streams: set parscale_n > 1")
 
