@@ -19,11 +19,13 @@ from models import ParScaleForCausalLM, Qwen2ParScaleForCausalLM, count_paramete
 from models.presets import backbone_of, config_from_mapping, new_model
 from sweeps.errors import ConfigError
 from sweeps.grid import resources
+from sweeps.run import stages
 from sweeps.run.build import build_trained, model_config
 from sweeps.run.checkpoint import complete_checkpoints, latest_checkpoint, read_meta
 from sweeps.run.config import run_id
 from sweeps.run.distributed import Environment
 from sweeps.run.loop import train
+from sweeps.run.loss import CausalLMLoss
 from sweeps.run.tracking import read_metrics
 
 from train_helpers import REPO, child_env, run_app, tiny_config, tiny_overrides
@@ -113,6 +115,35 @@ def test_stage2_starts_from_a_plain_qwen3_checkpoint_and_from_a_qwen3_stage1_run
     with pytest.raises(ConfigError, match="has model_type=qwen3 but model=tiny-96 has llama"):
         train(tiny_config(tmp_path / "wrong", 2, f"init_from={tmp_path / 'qwen3'}", "parscale_n=2",
                           *FAMILIES["llama"]))
+
+
+def test_a_qwen3_two_stage_cell_starts_its_prefixes_from_the_backbones_keys(tmp_path):
+    """A grid's stage-1 and stage-2 cells on Qwen3: the branch loads into the P = 2 model and the `activations`
+    start copies the backbone's normed keys and its values into the prefixes."""
+    cell = ["stage2_fraction=0.25", "optim.schedule=wsd", "optim.decay_fraction=0.25", *FAMILIES["qwen3"]]
+    stage1 = train(tiny_config(tmp_path / "stage1", 8, "stage=1", *cell))
+    result = train(tiny_config(tmp_path / "stage2", 8, "stage=2", "parscale_n=2", f"init_from={tmp_path / 'stage1'}",
+                               "stage2.prefix_init=activations", *cell))
+    assert result["status"] == "done" and abs(result["eval_loss_start"] - stage1["eval_loss"]) < 0.3
+    rows = read_metrics(tmp_path / "stage2" / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [7, 8] and all(torch.isfinite(torch.tensor(row["loss"])) for row in rows)
+
+
+def test_the_activations_start_of_a_qwen3_prefix_is_its_first_layers_normed_keys():
+    """Layer 0 sees the embeddings whatever the prefixes, so its prefixes are computable by hand: stream i's
+    keys are k_norm(k_proj(.)) of the last n tokens of row i, its values v_proj(.)."""
+    torch.manual_seed(0)
+    lm = new_model(parscale_config("tiny-96", 2, backbone="qwen3", head_dim=32))
+    rows = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    stages.init_prefixes_from_activations(CausalLMLoss(lm), lm, rows)
+    layer, n = lm.model.layers[0], lm.config.parscale_n_tokens
+    attention = layer.self_attn
+    with torch.no_grad():
+        states = layer.input_layernorm(lm.model.embed_tokens(rows))[:, -n:]
+        keys = attention.k_norm(attention.k_proj(states).unflatten(-1, (-1, attention.head_dim)))
+        values = attention.v_proj(states).unflatten(-1, (-1, attention.head_dim))
+    assert torch.allclose(attention.prefix_k, keys.transpose(1, 2), atol=1e-6)
+    assert torch.allclose(attention.prefix_v, values.transpose(1, 2), atol=1e-6)
 
 
 @pytest.mark.parametrize(("size", "family", "fields"), [
