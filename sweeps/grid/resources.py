@@ -28,11 +28,10 @@ context and communication buffers.
 Time: model FLOPs per input token = P x (6 x the blocks' matrix parameters + 12 x layers x heads x head_dim
 (the hidden size in the paper's shapes, not in Qwen3's) x the mean causal context, prefix included) + 6 x
 (aggregator + LM head) matrix parameters, the LM head running once after aggregation (Chen et al. 2025; the
-6N rule of Kaplan et al. 2020). Activation checkpointing adds a
-second forward of the blocks. A step takes (model + recomputed) FLOPs / (W x peak bf16 FLOP/s x utilisation)
-at an assumed utilisation (`mfu`, the fraction of peak that goes into FLOPs); MFU as reported counts model
-FLOPs only. A checkpoint writes the float32 parameters and both moments (12N bytes) from all processes at
-once."""
+6N rule of Kaplan et al. 2020). Activation checkpointing adds a second forward of the blocks. A step takes
+(model + recomputed) FLOPs / (W x peak bf16 FLOP/s x utilisation) at an assumed utilisation (`mfu`, the
+fraction of peak that goes into FLOPs); MFU as reported counts model FLOPs only. A checkpoint writes the
+float32 parameters and both moments (12N bytes) from all processes at once."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from models import (
 from models.presets import backbone_of, new_model, set_attention
 from sweeps.errors import ConfigError
 from sweeps.run import parallelize, stages
-from sweeps.run.config import OptimConfig, TrainConfig
+from sweeps.run.config import DEFAULT_BACKBONE, OptimConfig, TrainConfig
 from sweeps.run.distributed import Environment
 from sweeps.run.loss import CausalLMLoss
 
@@ -59,7 +59,7 @@ def build_trained(config: TrainConfig, built, env: Environment, strategy: str, c
         raise ConfigError(f"attn_implementation={config.attn_implementation}: {str(error).splitlines()[0]}; "
                           "choose sdpa or install that kernel") from None
     except ValueError as error:  # a backbone family the streams cannot wrap (check_wrappable)
-        raise ConfigError(f"model.backbone={config.model.get('backbone')}: {error}") from None
+        raise ConfigError(f"model.backbone={config.model.get('backbone', DEFAULT_BACKBONE)}: {error}") from None
     # Stage 2 of a two-stage grid loads its backbone from the stage-1 checkpoint later (sweeps/run/stages.py).
     backbone = _stage_one_backbone(config, built) if config.init_from and config.stage == 0 else None
     if config.freeze_backbone and config.parscale_n == 1:
@@ -95,13 +95,15 @@ def _stage_one_backbone(config: TrainConfig, built) -> dict[str, torch.Tensor]:
         else:
             model = Qwen2ParScaleForCausalLM.from_qwen2(source, parscale_n=config.parscale_n, **prefix_settings)
     except ValueError as error:  # another family's checkpoint: its weights' names do not match
-        raise ConfigError(f"init_from={config.init_from}: {str(error).splitlines()[0]} (model.backbone="
-                          f"{config.model.get('backbone', 'qwen2')}); choose the backbone it was trained as") from None
+        backbone = config.model.get("backbone", DEFAULT_BACKBONE)
+        raise ConfigError(f"init_from={config.init_from}: {str(error).splitlines()[0]} (model.backbone={backbone}); "
+                          "choose the backbone it was trained as") from None
     _check_same_shape(config, backbone_of(model.config), backbone_of(built))
     return {name: value.float() for name, value in model.state_dict().items() if not is_parscale_parameter(name)}
 
 
 def _check_same_shape(config: TrainConfig, loaded, wanted) -> None:
+    """The checkpoint's backbone config against the run's: the same family and the shape its weights fix."""
     for key in ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                 "num_key_value_heads"):
         if getattr(loaded, key) != getattr(wanted, key):

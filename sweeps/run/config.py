@@ -39,10 +39,11 @@ ATTENTION = ("sdpa", "flash_attention_2", "eager")
 STRATEGIES = ("auto", "ddp", "fsdp")
 WANDB_MODES = ("offline", "online", "disabled")
 
-# Keys a restarted run may change without becoming a different run: where and how often it reports, and how
-# the same computation is laid out on the hardware. Everything else defines the run (see `identity`).
 # The decoder family of a model mapping without a `backbone` key: the released Qwen2 layout (models/presets.py).
 DEFAULT_BACKBONE = "qwen2"
+
+# Keys a restarted run may change without becoming a different run: where and how often it reports, and how
+# the same computation is laid out on the hardware. Everything else defines the run (see `identity`).
 RESUMABLE_CHANGES = (
     "run_dir",
     "wandb",

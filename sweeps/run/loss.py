@@ -72,7 +72,8 @@ class CausalLMLoss(nn.Module):
     under the model's names, so its state dict is the model's and FSDP can shard it as the root module (the LM
     head's weight is tied to the token embedding and lives there). In `Qwen2ParScaleForCausalLM` the streams
     live inside `model`; a wrapped family's `model` is its plain backbone, and `ParScaleForCausalLM` runs the
-    streams around it: the loss calls that (a bound method, not a submodule, so the names stay the model's)."""
+    streams around it: the loss calls that through a function over the model (not a submodule, so the names
+    stay the model's)."""
 
     def __init__(self, lm: nn.Module, chunk_tokens: int = DEFAULT_CHUNK_TOKENS):
         super().__init__()
