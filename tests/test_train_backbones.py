@@ -4,6 +4,7 @@ run, the planner and the cost model count each family as it is built (Qwen3's he
 unknown family is refused in one line, and the default stays the released Qwen2 layout."""
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -90,6 +91,31 @@ def test_a_family_trains_saves_and_resumes_exactly(family_run, tmp_path):
     assert [row["step"] for row in rows] == list(range(1, RESUME_STEPS + 1))  # nothing lost, nothing twice
     for row, expected in zip(rows, reference_rows, strict=True):
         assert row["loss"] == pytest.approx(expected["loss"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_two_fsdp_processes_shard_qwen3_layers_and_match_one_process(tmp_path):
+    """torchrun, two gloo processes, FSDP2 over Qwen3's decoder layers: the curve of one process that
+    accumulates the same global batch of 8 (as tests/test_train_distributed.py does for the released layout)."""
+    steps, batch = 6, ["global_batch_size=8", "micro_batch_size=4", "parscale_n=2", f"tokens={6 * 8 * 32}"]
+    train(tiny_config(tmp_path / "one", steps, *batch, *FAMILIES["qwen3"]))
+    overrides = [item for item in tiny_overrides(tmp_path / "two", steps, *batch, *FAMILIES["qwen3"])
+                 if not item.startswith("run_dir=")]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(port), "-m", "sweeps.train", *overrides, "strategy=fsdp",
+         f"hydra.run.dir={tmp_path / 'two'}"],
+        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert "2 process(es) (fsdp)" in done.stdout
+    one, two = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
+    assert [row["step"] for row in two] == list(range(1, steps + 1))
+    for row, expected in zip(two, one, strict=True):
+        assert row["loss"] == pytest.approx(expected["loss"], abs=1e-5)
 
 
 def test_stage2_starts_from_a_plain_qwen3_checkpoint_and_from_a_qwen3_stage1_run(tmp_path):
