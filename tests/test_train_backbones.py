@@ -1,7 +1,8 @@
 """Other backbone families in the sweeps (`model.backbone=qwen3|llama|...`): a tiny Qwen3 and a tiny Llama train at
-P = 2 through the same loop and resume exactly, stage 2 starts from a plain Qwen3 checkpoint or a Qwen3 stage-1
-run, the planner and the cost model count each family as it is built (Qwen3's head_dim and q/k norms), an
-unknown family is refused in one line, and the default stays the released Qwen2 layout."""
+P = 2 through the same loop and resume exactly, two FSDP2 processes match one, stage 2 starts from a plain Qwen3
+checkpoint, a Qwen3 stage-1 run or a grid's stage-1 cell (the activations start reading Qwen3's normed keys),
+the planner and the cost model count each family as it is built (Qwen3's head_dim and q/k norms), an unknown
+family is refused in one line, and the default stays the released Qwen2 layout."""
 
 import signal
 import socket
