@@ -19,7 +19,8 @@ The accounting:
 Parameters are counted from the model's shape exactly as ``models.count_parameters`` counts them: 36
 Qwen2 layers (q/k/v with biases, o, a gated MLP of three matrices, two RMSNorms), the final norm, the
 token embedding tied to the LM head, and for P > 1 each layer's key/value prefixes (P streams x 48
-positions) and the aggregator (Linear(P h -> h), SiLU, Linear(h -> P)).
+positions) and the aggregator (Linear(P h -> h), SiLU, Linear(h -> P)). Another backbone family's shape
+(``ModelShape.from_config`` of a ``ParScaleConfig``) counts its own head_dim, biases and Qwen3's q/k norms.
 
 Memory = weights + KV cache + activations, everything in bf16:
 - weights: every parameter, embedding included, 2 bytes each;
@@ -65,6 +66,7 @@ import numpy as np
 import pandas as pd
 
 from models import parscale_config
+from models.presets import backbone_of
 from models.sizes import PAPER_SIZES, TINY_SIZES
 from parscale_law import load_published
 from parscale_law.arguments import CommandParser, fraction, positive_int
@@ -80,11 +82,16 @@ PAPER_FLOP_EFFICIENCY = 0.7
 PAPER_MEMORY_EFFICIENCY = 0.9
 # The paper's Figure 4: the 1.6B model at P = 8 against the 2.8B and 4.4B models, on Stack-V2-Python losses.
 PAPER_BASE, PAPER_LARGER, PAPER_COMPARE_P, PAPER_DATASET = "1.6B", ("2.8B", "4.4B"), 8, "stack-v2-python"
+# Backbone families whose q/k/v projections always have biases (the released layout's model_type included), and
+# those with an RMSNorm over each query and key head (a parameter vector of head_dim each).
+QKV_BIAS_FAMILIES = ("qwen2", "qwen2_parscale")
+QK_NORM_FAMILIES = ("qwen3",)
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What the cost depends on: a Qwen2 backbone's shape and the ParScale prefix length."""
+    """What the cost depends on: a decoder backbone's shape and the ParScale prefix length. The defaults are the
+    released Qwen2 layout (biases on q, k and v; head_dim = hidden / heads); other families set theirs."""
 
     hidden_size: int
     intermediate_size: int
@@ -94,29 +101,43 @@ class ModelShape:
     vocab_size: int
     prefix_tokens: int
     tied_embeddings: bool = True
+    explicit_head_dim: int | None = None  # a family's own head_dim (Qwen3's); None: hidden / heads
+    qkv_bias: bool = True  # biases on the q, k and v projections (Qwen2's; others' attention_bias)
+    output_bias: bool = False  # a bias on the attention's output projection (attention_bias outside Qwen2)
+    mlp_bias: bool = False  # biases on the MLP's three projections (Llama's mlp_bias)
+    qk_norm: bool = False  # Qwen3's RMSNorm over each head of the queries and keys
 
     @classmethod
     def from_config(cls, config) -> ModelShape:
-        """From a ``Qwen2ParScaleConfig`` (or anything with its field names)."""
+        """From a ``Qwen2ParScaleConfig``, or a ``ParScaleConfig`` whose backbone config holds the shape (its
+        head_dim, biases and q/k norms)."""
+        backbone = backbone_of(config)
+        attention_bias = bool(getattr(backbone, "attention_bias", False))
         return cls(
-            hidden_size=config.hidden_size,
-            intermediate_size=config.intermediate_size,
-            num_layers=config.num_hidden_layers,
-            num_heads=config.num_attention_heads,
-            num_kv_heads=config.num_key_value_heads,
-            vocab_size=config.vocab_size,
+            hidden_size=backbone.hidden_size,
+            intermediate_size=backbone.intermediate_size,
+            num_layers=backbone.num_hidden_layers,
+            num_heads=backbone.num_attention_heads,
+            num_kv_heads=backbone.num_key_value_heads,
+            vocab_size=backbone.vocab_size,
             prefix_tokens=config.parscale_n_tokens,
-            tied_embeddings=config.tie_word_embeddings,
+            tied_embeddings=backbone.tie_word_embeddings,
+            explicit_head_dim=getattr(backbone, "head_dim", None),
+            qkv_bias=backbone.model_type in QKV_BIAS_FAMILIES or attention_bias,
+            output_bias=attention_bias,
+            mlp_bias=bool(getattr(backbone, "mlp_bias", False)),
+            qk_norm=backbone.model_type in QK_NORM_FAMILIES,
         )
 
     @classmethod
     def from_size(cls, size: str, **overrides) -> ModelShape:
-        """A named size of ``models`` ("1.6B", "tiny-96", ...); ``overrides`` set config fields."""
+        """A named size of ``models`` ("1.6B", "tiny-96", ...); ``overrides`` set config fields (``backbone``
+        among them)."""
         return cls.from_config(parscale_config(size, **overrides))
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        return self.explicit_head_dim or self.hidden_size // self.num_heads
 
     @property
     def kv_bytes_per_position(self) -> int:
@@ -124,14 +145,24 @@ class ModelShape:
         return 2 * self.num_kv_heads * self.head_dim * BYTES_PER_VALUE
 
     @property
+    def attention_matrix_params(self) -> int:
+        h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        return 2 * h * q + 2 * h * kv  # q and o, k and v
+
+    @property
+    def attention_bias_params(self) -> int:
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        return (q + 2 * kv if self.qkv_bias else 0) + (self.hidden_size if self.output_bias else 0)
+
+    @property
     def layer_matrix_params(self) -> int:
-        h, kv = self.hidden_size, self.num_kv_heads * self.head_dim
-        return 2 * h * h + 2 * h * kv + 3 * h * self.intermediate_size
+        return self.attention_matrix_params + 3 * self.hidden_size * self.intermediate_size
 
     @property
     def layer_params(self) -> int:
-        biases = self.hidden_size + 2 * self.num_kv_heads * self.head_dim  # q, k, v
-        return self.layer_matrix_params + biases + 2 * self.hidden_size  # + two RMSNorms
+        mlp_biases = 2 * self.intermediate_size + self.hidden_size if self.mlp_bias else 0
+        norms = 2 * self.hidden_size + (2 * self.head_dim if self.qk_norm else 0)  # two RMSNorms (+ q/k norms)
+        return self.layer_matrix_params + self.attention_bias_params + mlp_biases + norms
 
     @property
     def embedding_params(self) -> int:
@@ -297,11 +328,11 @@ def _forward_seconds(shape: ModelShape, P, batch, positions_per_row, logit_posit
     ``logit_positions`` outputs per batch row. Each part costs the larger of its FLOPs and its bytes."""
     rows = P * batch
     positions = rows * positions_per_row
-    h, kv, inner = shape.hidden_size, shape.num_kv_heads * shape.head_dim, shape.intermediate_size
-    attention_matrices = 2 * h * h + 2 * h * kv
+    h, inner = shape.hidden_size, shape.intermediate_size
+    attention_matrices = shape.attention_matrix_params
     attention_flops = 2 * positions * attention_matrices + 4 * positions * context * shape.num_heads * shape.head_dim
     attention_bytes = (
-        BYTES_PER_VALUE * (attention_matrices + h + 2 * kv + 3 * positions * h)
+        BYTES_PER_VALUE * (attention_matrices + shape.attention_bias_params + 3 * positions * h)
         + rows * cache_traffic * shape.kv_bytes_per_position
     )
     mlp_flops = 2 * positions * 3 * h * inner

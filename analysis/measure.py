@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models import Qwen2ParScaleForCausalLM, parscale_config
+from models import parscale_config
+from models.presets import backbone_of, new_model
 from parscale_law.arguments import CommandParser, output_folder, positive_int, positive_ints, stream_counts
 from parscale_law.errors import report_error
 
@@ -113,21 +114,22 @@ def measure(
     """One row per (P, batch): measured and modelled memory (GiB) and latency per generated token (s).
     ``rates``: the achieved throughput and bandwidth to model with (default: measured now by
     ``device_rates``). ``overrides`` set config fields, e.g. ``num_hidden_layers=2`` for a shallow copy
-    of a paper size."""
+    of a paper size, or ``backbone="qwen3"`` for another decoder family of the same shape."""
     rates = rates or device_rates(device)
     rows = []
     for P in P_values:
         torch.manual_seed(0)
         config = parscale_config(size, P, **overrides)
-        model = Qwen2ParScaleForCausalLM(config).to(device=device, dtype=DTYPE).eval()
+        model = new_model(config).to(device=device, dtype=DTYPE).eval()
         weight_bytes = sum(t.nbytes for t in (*model.parameters(), *model.buffers()))
+        backbone = backbone_of(config)  # where the vocabulary and special tokens are, for any family
         settings = {
             "max_new_tokens": output_tokens, "min_new_tokens": output_tokens, "do_sample": False,
-            "eos_token_id": None, "pad_token_id": config.pad_token_id or 0,
+            "eos_token_id": None, "pad_token_id": backbone.pad_token_id or 0,
         }
         for batch in batch_sizes:
             # Ids below 256 exist in every vocabulary here (the tiny sizes' is bytes plus three specials).
-            prompt = torch.randint(0, min(config.vocab_size, 256), (batch, input_tokens), device=device)
+            prompt = torch.randint(0, min(backbone.vocab_size, 256), (batch, input_tokens), device=device)
             with torch.no_grad():
                 seconds = _best_seconds(functools.partial(model.generate, prompt, **settings), device, repeats)
                 with peak_memory(device) as peak:

@@ -3,12 +3,14 @@ does the model decode?
 
     python -m sweeps.gpu_check [--gpu H200-141GB] [--cells 0.5B-P1,4.4B-P8] [--budget-s 420] [--out DIR]
     python -m sweeps.gpu_check --tiny --out DIR          # the same on CPU with the tiny sizes (the test)
+    python -m sweeps.gpu_check --backbone qwen3          # training on another decoder family of these shapes
 
 (a) Training: each of the 24 paper cells (36 layers, real widths and vocabulary, sequence 2048, bf16 FSDP2
 mixed precision, compiled blocks) at the micro-batch the planner gives it on one GPU of this kind: three
 optimiser steps of one micro-batch each (random tokens: speed and memory do not depend on the text). Reported:
 the measured peak memory (reserved and allocated) against the plan's prediction, tokens/s and MFU of the
-steps after the first (which compiles), and against plain Qwen2 at the same settings for P = 1 cells.
+steps after the first (which compiles), and against the plain backbone (transformers' own Qwen2, or the
+--backbone family's model) at the same settings for P = 1 cells.
 (b) Decoding: the 1.6B model at batch 1, 64 prompt + 64 new tokens with the KV cache, P = 1, 2, 4, 8 (the
 paper's Figure 4 setting): latency and peak memory against the inference-cost model (analysis/cost.py).
 The cells run largest-first within --budget-s; cells that did not start in time are listed as skipped.
@@ -16,6 +18,7 @@ Writes gpu_check.json (every number) and gpu_check.md (the tables)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -35,32 +38,37 @@ from sweeps.run.config import load_config
 STEPS = 3
 
 
-def cell_config(size: str, parscale_n: int, seq_len: int, run_dir: Path, tiny: bool):
-    overrides = [f"model={size}", f"parscale_n={parscale_n}", f"seq_len={seq_len}", "global_batch_size=1024",
-                 "micro_batch_size=1", "precision=bf16", f"run_dir={run_dir}", "tokens=1000000000000"]
+def cell_config(size: str, parscale_n: int, seq_len: int, run_dir: Path, tiny: bool, backbone: str):
+    overrides = [f"model={size}", f"model.backbone={backbone}", f"parscale_n={parscale_n}", f"seq_len={seq_len}",
+                 "global_batch_size=1024", "micro_batch_size=1", "precision=bf16", f"run_dir={run_dir}",
+                 "tokens=1000000000000"]
     if tiny:
         overrides += ["global_batch_size=16"]
     return load_config(overrides)
 
 
 def train_cell(size: str, parscale_n: int, hardware: Hardware, env, seq_len: int, tiny: bool, compile_blocks: bool,
-               out: Path, qwen2: bool = False) -> dict:
+               out: Path, backbone: str, plain: bool = False) -> dict:
     """Three optimiser steps of one cell at its planned micro-batch on this device."""
-    config = cell_config(size, parscale_n, seq_len, out / "runs" / f"{size}-P{parscale_n}", tiny)
+    config = cell_config(size, parscale_n, seq_len, out / "runs" / f"{size}-P{parscale_n}", tiny, backbone)
     plan = plan_resources(f"{size}-P{parscale_n}", config, hardware)
     config.micro_batch_size = plan.micro_batch_size
     config.activation_checkpointing = plan.activation_checkpointing
-    shape = resources.shape_of(size, parscale_n)
+    shape = resources.shape_of_model(config.model, parscale_n)
     layout = resources.Layout(seq_len, plan.micro_batch_size, plan.micro_batch_size, 1, plan.activation_checkpointing,
                               plan.strategy, "bf16", config.loss_chunk_tokens)
     predicted = resources.memory(size, shape, layout)
     built = model_config(config, config.model["vocab_size"])
     model_class = None
-    if qwen2:  # transformers' own Qwen2 of the same shape, for the P = 1 comparison
-        from transformers import Qwen2ForCausalLM
+    if plain:  # transformers' own model of the family and shape, for the P = 1 comparison
+        from transformers import AutoModelForCausalLM
 
-        model_class, built = Qwen2ForCausalLM, built.to_qwen2_config()
+        from models import Qwen2ParScaleConfig
+        from models.presets import backbone_of
+
+        built = built.to_qwen2_config() if isinstance(built, Qwen2ParScaleConfig) else backbone_of(built)
         built._attn_implementation = config.attn_implementation
+        model_class = AutoModelForCausalLM.from_config
     if env.device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(env.device)
@@ -84,7 +92,8 @@ def train_cell(size: str, parscale_n: int, hardware: Hardware, env, seq_len: int
     tokens = plan.micro_batch_size * seq_len
     flops = resources.model_flops_per_token(shape, seq_len) * tokens
     row = {
-        "cell": f"{size}-P{parscale_n}" + (" (Qwen2)" if qwen2 else ""), "size": size, "P": parscale_n,
+        "cell": f"{size}-P{parscale_n}" + (f" ({type(lm).__name__.removesuffix('ForCausalLM')})" if plain else ""),
+        "size": size, "P": parscale_n, "backbone": backbone,
         "micro_batch_size": plan.micro_batch_size, "activation_checkpointing": plan.activation_checkpointing,
         "strategy": plan.strategy, "compiled": compile_blocks, "predicted_peak_gb": predicted.peak / 1e9,
         "predicted_gib": predicted.gib(), "first_step_s": times[0], "step_s": step_s, "tokens_per_s": tokens / step_s,
@@ -132,6 +141,18 @@ def decode_rows(env, tiny: bool) -> list[dict]:
     return rows
 
 
+def backbone_name(text: str) -> str:
+    """--backbone: a transformers decoder family (argparse reports the ValueError's message in one line)."""
+    from models.presets import DEFAULT_BACKBONE, backbone_config_class
+
+    if text != DEFAULT_BACKBONE:
+        try:
+            backbone_config_class(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error).rstrip(".")) from None
+    return text
+
+
 def _gpu_name() -> str:
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
     for known in ("H200", "H100", "A100"):
@@ -175,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=positive_float, default=420.0)
     parser.add_argument("--seq-len", type=positive_int, default=2048)
     parser.add_argument("--tiny", action="store_true", help="tiny sizes on this machine (a check of the check)")
+    parser.add_argument("--backbone", default="qwen2", type=backbone_name,
+                        help="the decoder family, a transformers model_type (default: qwen2, the released layout)")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-decoding", action="store_true")
     parser.add_argument("--out", type=output_folder, default=Path("gpu_check"))
@@ -192,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     env = distributed.init(single_process_group=True)
-    cells.sort(key=lambda cell: (cell[0] not in ("0.5B", "4.4B"), -resources.shape_of(*cell).total_params * cell[1]))
+    cells.sort(key=lambda cell: (cell[0] not in ("0.5B", "4.4B"),
+                                 -resources.shape_of(*cell, (("backbone", args.backbone),)).total_params * cell[1]))
     seq_len = 64 if args.tiny else args.seq_len
     settings = {"gpu": args.gpu or _gpu_name(), "gpus_per_node": 1, "max_nodes": 1, "mfu": 0.4,
                 "target_hours": 1e9, "startup_min": 0, "checkpoint_write_gbps": 1.0, "filesystem_gbps": 20.0,
@@ -205,14 +229,16 @@ def main(argv: list[str] | None = None) -> int:
         if time.perf_counter() - started > args.budget_s:
             skipped.append(f"{size}-P{parscale_n}")
             continue
-        row = train_cell(size, parscale_n, hardware, env, seq_len, args.tiny, compile_blocks, args.out)
+        row = train_cell(size, parscale_n, hardware, env, seq_len, args.tiny, compile_blocks, args.out, args.backbone)
         training.append(row)
         print(json.dumps(row), flush=True)
         if parscale_n == 1 and size in ("0.5B", "tiny-128"):
-            qwen2 = train_cell(size, 1, hardware, env, seq_len, args.tiny, compile_blocks, args.out, qwen2=True)
-            qwen2["ratio_to_parscale_p1"] = row["step_s"] / qwen2["step_s"]
-            training.append(qwen2)
-    decoding = [] if args.no_decoding else decode_rows(env, args.tiny)
+            plain = train_cell(size, 1, hardware, env, seq_len, args.tiny, compile_blocks, args.out, args.backbone,
+                               plain=True)
+            plain["ratio_to_parscale_p1"] = row["step_s"] / plain["step_s"]
+            training.append(plain)
+    # Decoding is timed on the released layout only (models/decode_timing.py reads its flat config).
+    decoding = [] if args.no_decoding or args.backbone != "qwen2" else decode_rows(env, args.tiny)
     result = {"device": torch.cuda.get_device_name() if env.device.type == "cuda" else "cpu",
               "torch": torch.__version__, "gpu": settings["gpu"], "training": training, "skipped": skipped,
               "decoding": decoding, "wall_s": time.perf_counter() - started}

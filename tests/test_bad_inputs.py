@@ -129,6 +129,8 @@ CASES = [
     ("train-run-dir-onto-a-file", ["sweeps.train", "model=tiny-32", "tokens=2048"], ["hydra.run.dir={file}"],
      ["file.txt"]),
     ("train-unknown-model", ["sweeps.train"], ["model=tiny-7"], ["tiny-7"]),
+    ("train-unknown-backbone", ["sweeps.train", "model=tiny-32", "tokens=2048"], ["model.backbone=nope"],
+     ["nope", "backbone"]),
     ("train-nan-tokens", ["sweeps.train", "model=tiny-32"], ["tokens=nan"], ["tokens"]),
     # launching a grid
     ("launch-unknown-gpu", SLURM_DRY, ["hydra.launcher.gpu=Z100"], ["Z100", "H100"]),

@@ -126,15 +126,16 @@ def stream_ablations(sweep_dir: Path) -> pd.DataFrame:
     """What the streams and the aggregator of every finished P = 4 cell are worth at its end (the stream and
     aggregator gains of models/stream_ablation.py on the cell's held-out rows): how much of P's effect is the
     streams' diversity rather than their prefix slots. Written to stream_ablation.csv; empty for models
-    too large to evaluate on this machine."""
+    too large to evaluate on this machine. Cells of another backbone family than the released Qwen2 layout are
+    left out: the ablation swaps the prefixes of that layout's attention modules only."""
     import torch
     import transformers
     from omegaconf import OmegaConf
+    from transformers import AutoModelForCausalLM
 
-    from models import Qwen2ParScaleForCausalLM
     from models.stream_ablation import stream_ablation
     from sweeps.data.batches import eval_batch, load_tokenizer
-    from sweeps.run.config import from_mapping
+    from sweeps.run.config import DEFAULT_BACKBONE, from_mapping
 
     transformers.utils.logging.disable_progress_bar()
     rows = []
@@ -143,7 +144,9 @@ def stream_ablations(sweep_dir: Path) -> pd.DataFrame:
         if result.get("P") != ABLATION_P or result.get("total_params", 0) > ABLATION_MAX_PARAMS:
             continue
         config = from_mapping(OmegaConf.load(path.parent / "config.yaml"))
-        model = Qwen2ParScaleForCausalLM.from_pretrained(path.parent / "model")
+        if config.model.get("backbone", DEFAULT_BACKBONE) != DEFAULT_BACKBONE:
+            continue
+        model = AutoModelForCausalLM.from_pretrained(path.parent / "model")  # the class its config.json names
         with torch.inference_mode():
             ablation = stream_ablation(model, eval_batch(config.data, load_tokenizer(config.data), config.seq_len,
                                                          config.eval_sequences), config.micro_batch_size)

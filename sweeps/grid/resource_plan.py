@@ -170,7 +170,7 @@ def _measured_save_s(run_dir: Path) -> float:
 
 
 def plan_resources(name: str, config: TrainConfig, hardware: Hardware) -> ResourcePlan:
-    shape = resources.shape_of(config.size, config.parscale_n)
+    shape = resources.shape_of_model(config.model, config.parscale_n)
     preferred = ("fsdp" if config.strategy == "fsdp"
                  or (config.strategy == "auto" and shape.total_params >= config.fsdp_min_params) else "ddp")
     strategies = [preferred] if preferred == "fsdp" else ["ddp", "fsdp"]

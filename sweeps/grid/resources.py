@@ -1,6 +1,7 @@
 """The memory and time of one training cell, predicted before it runs: what the launcher plans each cell with
 (sweeps/grid/resource_plan.py), what the plan table in docs/sweeps.md shows, and what the GPU check
-(sweeps/gpu_check.py) measures against.
+(sweeps/gpu_check.py) measures against. The shape is counted off the model the cell's config builds, on the
+meta device, so any backbone family's own modules (biases, Qwen3's q/k norms and head_dim) are counted.
 
 Memory per process (bytes; N = all parameters, W = processes, layout as in sweeps/run/parallelize.py):
 - sharded state (FSDP2, bf16 or fp32): float32 parameters 4N/W, float32 gradients 4N/W, AdamW's two float32
@@ -24,18 +25,19 @@ The sum is the predicted peak of reserved memory. A cell fits a GPU when it stay
 its datasheet gives it (decimal GB), about 6% below what the device reports in GiB: that gap holds the CUDA
 context and communication buffers.
 
-Time: model FLOPs per input token = P x (6 x the blocks' matrix parameters + 12 x layers x hidden x the mean
-causal context, prefix included) + 6 x (aggregator + LM head) matrix parameters, the LM head running once
-after aggregation (Chen et al. 2025; the 6N rule of Kaplan et al. 2020). Activation checkpointing adds a
-second forward of the blocks. A step takes (model + recomputed) FLOPs / (W x peak bf16 FLOP/s x utilisation)
-at an assumed utilisation (`mfu`, the fraction of peak that goes into FLOPs); MFU as reported counts model
-FLOPs only. A checkpoint writes the float32 parameters and both moments (12N bytes) from all processes at
-once."""
+Time: model FLOPs per input token = P x (6 x the blocks' matrix parameters + 12 x layers x heads x head_dim
+(the hidden size in the paper's shapes, not in Qwen3's) x the mean causal context, prefix included) + 6 x
+(aggregator + LM head) matrix parameters, the LM head running once after aggregation (Chen et al. 2025; the
+6N rule of Kaplan et al. 2020). Activation checkpointing adds a second forward of the blocks. A step takes
+(model + recomputed) FLOPs / (W x peak bf16 FLOP/s x utilisation) at an assumed utilisation (`mfu`, the
+fraction of peak that goes into FLOPs); MFU as reported counts model FLOPs only. A checkpoint writes the
+float32 parameters and both moments (12N bytes) from all processes at once."""
 
 from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from importlib import resources
 
@@ -57,8 +59,10 @@ class Shape:
     vocab_size: int
     prefix_tokens: int
     parscale_n: int
+    attention_width: int  # query heads x head_dim (Qwen3 sets head_dim apart from hidden_size / heads)
+    backbone: str  # the decoder family (the memory calibration measured the released qwen2 layout)
     total_params: int
-    layer_params: int  # one decoder block, its prefixes included
+    layer_params: int  # one decoder block, its prefixes (and a family's q/k norms) included
     layer_matrix_params: int  # one block's projection weights (what multiplies every token)
     root_params: int  # embedding (tied LM head), final norm, aggregator
     aggregator_matrix_params: int
@@ -66,14 +70,34 @@ class Shape:
 
 @functools.cache
 def shape_of(size: str, parscale_n: int, overrides: tuple = ()) -> Shape:
-    """A model size's shape and parameter counts, counted on the meta device (nothing allocated)."""
+    """A named size's shape and parameter counts; `overrides`: (field, value) pairs, `backbone` among them."""
+    from models import parscale_config
+
+    return shape_from_config(parscale_config(size, parscale_n=parscale_n, **dict(overrides)))
+
+
+def shape_of_model(model: Mapping, parscale_n: int) -> Shape:
+    """The shape of a run's conf/model mapping (any backbone family, any overridden field) at P = parscale_n."""
+    return _shape_of_mapping(json.dumps({**model, "parscale_n": parscale_n}, sort_keys=True))
+
+
+@functools.cache
+def _shape_of_mapping(mapping: str) -> Shape:
+    from models import config_from_mapping
+
+    return shape_from_config(config_from_mapping(json.loads(mapping)))
+
+
+def shape_from_config(config) -> Shape:
+    """Counted on the meta device (nothing allocated) from the model the config builds, so that every family's
+    own modules (biases, q/k norms, head_dim) are counted as they are."""
     import torch
 
-    from models import Qwen2ParScaleForCausalLM, parscale_config
+    from models.presets import backbone_of, new_model
 
-    config = parscale_config(size, parscale_n=parscale_n, **dict(overrides))
     with torch.device("meta"):
-        model = Qwen2ParScaleForCausalLM(config)
+        model = new_model(config)
+    backbone = backbone_of(config)
     block = model.model.layers[0]
     matrices = sum(module.weight.numel() for module in block.modules() if isinstance(module, torch.nn.Linear))
     total = sum(p.numel() for p in model.parameters())
@@ -81,11 +105,13 @@ def shape_of(size: str, parscale_n: int, overrides: tuple = ()) -> Shape:
     aggregator = model.model.aggregate_layer
     aggregator_matrices = 0 if aggregator is None else sum(m.weight.numel() for m in aggregator if hasattr(m, "weight"))
     return Shape(
-        hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
-        num_layers=config.num_hidden_layers, vocab_size=config.vocab_size,
-        prefix_tokens=config.parscale_n_tokens if parscale_n > 1 else 0, parscale_n=parscale_n,
+        hidden_size=backbone.hidden_size, intermediate_size=backbone.intermediate_size,
+        num_layers=backbone.num_hidden_layers, vocab_size=backbone.vocab_size,
+        prefix_tokens=config.parscale_n_tokens if config.parscale_n > 1 else 0, parscale_n=config.parscale_n,
+        attention_width=backbone.num_attention_heads * block.self_attn.head_dim,
+        backbone=backbone.model_type.removesuffix("_parscale"),  # qwen2_parscale: the released qwen2 layout
         total_params=total, layer_params=layer, layer_matrix_params=matrices,
-        root_params=total - config.num_hidden_layers * layer, aggregator_matrix_params=aggregator_matrices,
+        root_params=total - backbone.num_hidden_layers * layer, aggregator_matrix_params=aggregator_matrices,
     )
 
 
@@ -113,10 +139,11 @@ def calibration() -> dict:
 
 
 def layer_bytes_per_token(size: str, shape: Shape) -> float:
-    """Saved bytes per stream-token of one decoder block: measured at the paper's sizes; for other sizes the
-    least-squares fit bytes = a x hidden + b x intermediate over the paper's six."""
+    """Saved bytes per stream-token of one decoder block: measured at the paper's sizes (of the released qwen2
+    layout); for other sizes and families the least-squares fit bytes = a x hidden + b x intermediate over the
+    paper's six."""
     measured = calibration()["layer_bytes_per_token"]
-    if size in measured:
+    if size in measured and shape.backbone == "qwen2":
         return measured[size]
     return _width_fit("layer")(shape.hidden_size, shape.intermediate_size)
 
@@ -124,7 +151,7 @@ def layer_bytes_per_token(size: str, shape: Shape) -> float:
 def outside_bytes_per_token(size: str, shape: Shape) -> float:
     """Saved bytes per input token outside the decoder blocks (embedding, final norm, aggregator, the loss's
     saved inputs): measured at the paper's sizes, else from the width fit."""
-    entry = calibration()["outside_bytes_per_token"].get(size)
+    entry = calibration()["outside_bytes_per_token"].get(size) if shape.backbone == "qwen2" else None
     if entry is None:
         entry = {key: _width_fit(key)(shape.hidden_size, shape.intermediate_size)
                  for key in ("P1", "base", "per_stream")}
@@ -202,7 +229,7 @@ def memory(size: str, shape: Shape, layout: Layout) -> Memory:
 def model_flops_per_token(shape: Shape, seq_len: int) -> float:
     """Training FLOPs (forward and backward) per input token, recomputation not counted."""
     context = (seq_len + 1) / 2 + shape.prefix_tokens
-    blocks = 6 * shape.layer_matrix_params + 12 * shape.hidden_size * context
+    blocks = 6 * shape.layer_matrix_params + 12 * shape.attention_width * context
     return shape.parscale_n * shape.num_layers * blocks + 6 * (shape.aggregator_matrix_params
                                                                + shape.hidden_size * shape.vocab_size)
 
@@ -210,7 +237,7 @@ def model_flops_per_token(shape: Shape, seq_len: int) -> float:
 def recompute_flops_per_token(shape: Shape, seq_len: int) -> float:
     """The second forward pass of the blocks that activation checkpointing costs, per input token."""
     context = (seq_len + 1) / 2 + shape.prefix_tokens
-    return shape.parscale_n * shape.num_layers * (2 * shape.layer_matrix_params + 4 * shape.hidden_size * context)
+    return shape.parscale_n * shape.num_layers * (2 * shape.layer_matrix_params + 4 * shape.attention_width * context)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,9 @@ ATTENTION = ("sdpa", "flash_attention_2", "eager")
 STRATEGIES = ("auto", "ddp", "fsdp")
 WANDB_MODES = ("offline", "online", "disabled")
 
+# The decoder family of a model mapping without a `backbone` key: the released Qwen2 layout (models/presets.py).
+DEFAULT_BACKBONE = "qwen2"
+
 # Keys a restarted run may change without becoming a different run: where and how often it reports, and how
 # the same computation is laid out on the hardware. Everything else defines the run (see `identity`).
 RESUMABLE_CHANGES = (
@@ -137,7 +140,7 @@ class TrainConfig:
     compile: bool | None = None  # torch.compile per decoder block; None: on CUDA only
     attn_implementation: str = "sdpa"  # one of ATTENTION
     loss_chunk_tokens: int = 4096  # tokens per chunk of the cross-entropy (the logits never exist whole)
-    init_from: str | None = None  # stage 2: its stage-1 run dir; stage 0: a finished P = 1 run or Qwen2 checkpoint dir
+    init_from: str | None = None  # stage 2: its stage-1 run dir; stage 0: a P = 1 run or model.backbone checkpoint
     freeze_backbone: bool = False  # two-stage: train only the prefixes and the aggregator
     stage: int = 0  # two-stage training (run/stages.py): 0 one stage; 1 the P = 1 backbone; 2 streams added to it
     stage2_fraction: float = 0.0  # the last fraction of `tokens` that is stage 2 (0: one stage)
@@ -181,8 +184,16 @@ class TrainConfig:
         if "name" not in self.model:
             raise ConfigError("the model mapping has no `name`; compose it with model=<size> (conf/model/*.yaml)")
         if self.parscale_n < 1:
-            raise ConfigError(f"parscale_n={self.parscale_n}: P must be at least 1 (1 = plain Qwen2); "
+            raise ConfigError(f"parscale_n={self.parscale_n}: P must be at least 1 (1 = the plain backbone); "
                               "set parscale_n=1, 2, 4 or 8")
+        backbone = self.model.get("backbone", DEFAULT_BACKBONE)
+        if backbone != DEFAULT_BACKBONE:
+            from models.presets import backbone_config_class  # transformers: only for another family
+
+            try:
+                backbone_config_class(backbone)
+            except ValueError as error:
+                raise ConfigError(f"model.backbone={backbone}: {error}") from None
         model_p = self.model.get("parscale_n", self.parscale_n)
         if model_p != self.parscale_n:
             raise ConfigError(
@@ -270,6 +281,8 @@ def identity(config: TrainConfig) -> dict:
     values = asdict(config)
     for key in RESUMABLE_CHANGES:
         values.pop(key)
+    if values["model"].get("backbone") == DEFAULT_BACKBONE:  # runs from before the key existed keep their id
+        values["model"] = {key: value for key, value in values["model"].items() if key != "backbone"}
     return values
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
+from models.presets import backbone_of
 from models.stream_diversity import recording_stream_diversity
 from sweeps.files import atomic_write_text
 from sweeps.run import distributed
@@ -16,7 +18,7 @@ START_FILE = "start.json"
 
 
 @torch.no_grad()
-def evaluate(trained, rows: torch.Tensor, micro_batch_size: int, env: distributed.Environment) -> dict:
+def evaluate(trained, lm, rows: torch.Tensor, micro_batch_size: int, env: distributed.Environment) -> dict:
     """The mean held-out loss per token (`eval_loss`) and, at P > 1, how far apart the streams are on those
     tokens (`stream_distance`, `weight_entropy`: models/stream_diversity.py); each process evaluates its slice
     of the same rows."""
@@ -24,7 +26,7 @@ def evaluate(trained, rows: torch.Tensor, micro_batch_size: int, env: distribute
     mine = rows[env.rank * per_process:(env.rank + 1) * per_process]
     trained.eval()
     total = 0.0
-    with recording_stream_diversity(trained) as diversity:
+    with recording_stream_diversity(_aggregation_of(lm)) as diversity:
         for batch in mine.split(micro_batch_size):
             total += trained(batch).item() * batch.shape[0]
     trained.train()
@@ -36,8 +38,16 @@ def evaluate(trained, rows: torch.Tensor, micro_batch_size: int, env: distribute
             "weight_entropy": entropy / tokens}
 
 
+def _aggregation_of(lm) -> SimpleNamespace:
+    """What the diversity hook reads, the same for both model classes: the aggregator, the width and the
+    smoothing (a wrapped family keeps the width in its backbone's config and the smoothing in ParScale's)."""
+    config = SimpleNamespace(hidden_size=backbone_of(lm.config).hidden_size,
+                             parscale_attn_smooth=lm.config.parscale_attn_smooth)
+    return SimpleNamespace(aggregate_layer=lm.model.aggregate_layer, config=config)
+
+
 def evaluate_run(run: Run) -> dict:
-    return evaluate(run.trained, run.eval_rows, run.config.micro_batch_size, run.env)
+    return evaluate(run.trained, run.lm, run.eval_rows, run.config.micro_batch_size, run.env)
 
 
 def evaluate_start(run: Run, fresh: bool) -> dict:

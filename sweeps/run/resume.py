@@ -96,7 +96,7 @@ def _start_stage2(run: Run) -> tuple[dict, dict]:
         # is set, so that streamed data is still read in order.
         steps = -(-config.parscale_n // config.global_batch_size)
         rows = torch.cat([run.batches.batch(step, 0, config.global_batch_size) for step in range(steps)])
-        stages.init_prefixes_from_activations(run.trained, rows.to(run.env.device))
+        stages.init_prefixes_from_activations(run.trained, run.lm, rows.to(run.env.device))
     return read_meta(branch), rank_state
 
 

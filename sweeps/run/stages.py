@@ -132,7 +132,7 @@ def _check_one_stage(config) -> None:
             "for one run set stage=1 (the P = 1 backbone), then stage=2 init_from=<its run dir>"
         )
     if config.freeze_backbone and not config.init_from:
-        raise StageError("freeze_backbone=true needs init_from=<a P = 1 run dir or Qwen2 checkpoint> (stage 2 only)")
+        raise StageError("freeze_backbone=true needs init_from=<a P = 1 run or backbone checkpoint dir> (stage 2 only)")
     if config.init_from and config.parscale_n == 1:
         raise StageError("init_from is two-stage training, which adds streams: set parscale_n > 1")
 
@@ -210,15 +210,18 @@ def init_new_parameters(lm, stage2: Stage2Config) -> None:
                 param.zero_()
 
 
-def init_prefixes_from_activations(trained, rows) -> None:
+def init_prefixes_from_activations(trained, lm, rows) -> None:
     """Stage 2's `activations` start: stream i's prefix in every layer becomes the keys and values the loaded
-    backbone computes for the last n tokens of row i of `rows` (P rows, the same on every process)."""
+    backbone computes for the last n tokens of row i of `rows` (P rows, the same on every process), as stream 0
+    sees them; keys after the family's key norm where it has one (Qwen3's k_norm), as the prefix joins them."""
     import torch
 
+    from models import ParScaleForCausalLM
     from sweeps.run.parallelize import copy_full
 
-    model = trained.model  # the ParScale model (decoder layers and aggregator) inside the trained module
-    n_streams, n_tokens = model.config.parscale_n, model.config.parscale_n_tokens
+    n_streams, n_tokens = lm.config.parscale_n, lm.config.parscale_n_tokens
+    # Stream 0's rows: the released layout repeats the batch stream-major, a wrapped family batch-major.
+    stream_zero = slice(None, None, n_streams) if isinstance(lm, ParScaleForCausalLM) else slice(None, n_streams)
     captured = {}
 
     def keep(name):
@@ -226,9 +229,10 @@ def init_prefixes_from_activations(trained, rows) -> None:
             captured[name] = output
         return hook
 
-    attentions = [layer.self_attn for layer in model.layers]
+    attentions = [layer.self_attn for layer in lm.model.layers]
     handles = [projection.register_forward_hook(keep((index, kind))) for index, attention in enumerate(attentions)
-               for kind, projection in (("k", attention.k_proj), ("v", attention.v_proj))]
+               for kind, projection in (("k", getattr(attention, "k_norm", None) or attention.k_proj),
+                                        ("v", attention.v_proj))]
     try:
         with torch.no_grad():
             was_training = trained.training
@@ -240,8 +244,9 @@ def init_prefixes_from_activations(trained, rows) -> None:
             handle.remove()
     for index, attention in enumerate(attentions):
         for kind, param in (("k", attention.prefix_k), ("v", attention.prefix_v)):
-            # (P * B rows, T, kv_heads * d): stream 0's rows read row b of `rows`; take row i for stream i.
-            states = captured[(index, kind)][:n_streams, -n_tokens:].unflatten(-1, (param.shape[1], param.shape[3]))
+            # (rows, T, kv_heads * d) or, after a key norm, (rows, T, kv_heads, d): row i of stream 0 for stream i.
+            states = captured[(index, kind)][stream_zero, -n_tokens:]
+            states = states.reshape(n_streams, n_tokens, param.shape[1], param.shape[3])
             copy_full(param, states.permute(0, 2, 1, 3).to(param.dtype).contiguous())
 
 
