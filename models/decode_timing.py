@@ -36,7 +36,7 @@ class DecodeResult:
 
 def _generate(model, prompt, new_tokens, mode):
     settings = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False,
-                "eos_token_id": None, "pad_token_id": model.config.pad_token_id or 0,
+                "eos_token_id": None, "pad_token_id": model.config.get_text_config().pad_token_id or 0,
                 "return_dict_in_generate": True}  # fmt: skip
     if mode == "dynamic-eager":
         settings["disable_compile"] = True
@@ -68,7 +68,8 @@ def measure_decoding(
     model.eval()
     device = model.device
     generator = torch.Generator().manual_seed(seed)
-    prompt = torch.randint(0, model.config.vocab_size, (1, prompt_length), generator=generator).to(device)
+    vocab_size = model.config.get_text_config().vocab_size
+    prompt = torch.randint(0, vocab_size, (1, prompt_length), generator=generator).to(device)
     start = time.perf_counter()
     _generate(model, prompt, new_tokens, mode)
     _clock(device)  # synchronizes on CUDA

@@ -245,6 +245,11 @@ class Qwen2ParScaleForCausalLM(ParScaleParameters, Qwen2ParScalePreTrainedModel,
             raise ValueError(f"The source has weights a Qwen2 backbone does not: {sorted(unexpected)[:5]}.")
         return model
 
+    def final_hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The final hidden states the head reads (aggregated over the streams), without a cache: for a training
+        loss that applies the head itself (sweeps/run/loss.py)."""
+        return self.model(input_ids=input_ids, use_cache=False).last_hidden_state
+
     def _backbone_config(self) -> Qwen2ParScaleConfig:
         return self.config
 

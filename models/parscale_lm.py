@@ -225,6 +225,15 @@ class ParScaleForCausalLM(ParScaleParameters, ParScalePreTrainedModel, Generatio
             hidden_states=outputs.hidden_states, attentions=outputs.attentions,
         )  # fmt: skip
 
+    def final_hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The final hidden states the head reads (aggregated over the streams), without a cache: for a training
+        loss that applies the head itself (sweeps/run/loss.py)."""
+        self._route_attention()
+        if self.config.parscale_n == 1:
+            return self.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        outputs = self._stream_forward(input_ids, None, None, attention_mask=None, position_ids=None, use_cache=False)
+        return outputs.last_hidden_state
+
     def _stream_forward(self, input_ids, inputs_embeds, cache, attention_mask, position_ids, use_cache, **kwargs):
         """The backbone's model over B*P rows; returns its outputs with the caller's B rows (aggregated)."""
         n_streams = self.config.parscale_n

@@ -126,8 +126,7 @@ def stream_ablations(sweep_dir: Path) -> pd.DataFrame:
     """What the streams and the aggregator of every finished P = 4 cell are worth at its end (the stream and
     aggregator gains of models/stream_ablation.py on the cell's held-out rows): how much of P's effect is the
     streams' diversity rather than their prefix slots. Written to stream_ablation.csv; empty for models
-    too large to evaluate on this machine. Cells of another backbone family than the released Qwen2 layout are
-    left out: the ablation swaps the prefixes of that layout's attention modules only."""
+    too large to evaluate on this machine."""
     import torch
     import transformers
     from omegaconf import OmegaConf
@@ -135,7 +134,7 @@ def stream_ablations(sweep_dir: Path) -> pd.DataFrame:
 
     from models.stream_ablation import stream_ablation
     from sweeps.data.batches import eval_batch, load_tokenizer
-    from sweeps.run.config import DEFAULT_BACKBONE, from_mapping
+    from sweeps.run.config import from_mapping
 
     transformers.utils.logging.disable_progress_bar()
     rows = []
@@ -144,8 +143,6 @@ def stream_ablations(sweep_dir: Path) -> pd.DataFrame:
         if result.get("P") != ABLATION_P or result.get("total_params", 0) > ABLATION_MAX_PARAMS:
             continue
         config = from_mapping(OmegaConf.load(path.parent / "config.yaml"))
-        if config.model.get("backbone", DEFAULT_BACKBONE) != DEFAULT_BACKBONE:
-            continue
         model = AutoModelForCausalLM.from_pretrained(path.parent / "model")  # the class its config.json names
         with torch.inference_mode():
             ablation = stream_ablation(model, eval_batch(config.data, load_tokenizer(config.data), config.seq_len,

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
-from models.presets import backbone_of
 from models.stream_diversity import recording_stream_diversity
 from sweeps.files import atomic_write_text
 from sweeps.run import distributed
@@ -26,7 +24,7 @@ def evaluate(trained, lm, rows: torch.Tensor, micro_batch_size: int, env: distri
     mine = rows[env.rank * per_process:(env.rank + 1) * per_process]
     trained.eval()
     total = 0.0
-    with recording_stream_diversity(_aggregation_of(lm)) as diversity:
+    with recording_stream_diversity(lm) as diversity:
         for batch in mine.split(micro_batch_size):
             total += trained(batch).item() * batch.shape[0]
     trained.train()
@@ -36,14 +34,6 @@ def evaluate(trained, lm, rows: torch.Tensor, micro_batch_size: int, env: distri
         [total, diversity.distance_sum, diversity.entropy_sum, diversity.tokens], env)
     return {"eval_loss": total / rows.shape[0], "stream_distance": distance / tokens,
             "weight_entropy": entropy / tokens}
-
-
-def _aggregation_of(lm) -> SimpleNamespace:
-    """What the diversity hook reads, the same for both model classes: the aggregator, the width and the
-    smoothing (a wrapped family keeps the width in its backbone's config and the smoothing in ParScale's)."""
-    config = SimpleNamespace(hidden_size=backbone_of(lm.config).hidden_size,
-                             parscale_attn_smooth=lm.config.parscale_attn_smooth)
-    return SimpleNamespace(aggregate_layer=lm.model.aggregate_layer, config=config)
 
 
 def evaluate_run(run: Run) -> dict:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models import ParScaleForCausalLM
-
 DEFAULT_CHUNK_TOKENS = 4096
 
 
@@ -72,28 +70,21 @@ class CausalLMLoss(nn.Module):
     under the model's names, so its state dict is the model's and FSDP can shard it as the root module (the LM
     head's weight is tied to the token embedding and lives there). In `Qwen2ParScaleForCausalLM` the streams
     live inside `model`; a wrapped family's `model` is its plain backbone, and `ParScaleForCausalLM` runs the
-    streams around it: the loss calls that through a function over the model (not a submodule, so the names
-    stay the model's)."""
+    streams around it: the loss calls each through the model's `final_hidden_states`."""
 
     def __init__(self, lm: nn.Module, chunk_tokens: int = DEFAULT_CHUNK_TOKENS):
         super().__init__()
         self.model, self.lm_head = lm.model, lm.lm_head
         self.chunk_tokens = chunk_tokens
-        self._final_hidden = _final_hidden_of(lm)
+        # Both ParScale classes give the aggregated states the head reads (a plain transformers LM, as the GPU
+        # check trains beside P = 1, its model's); a function, not a submodule, so the state dict keeps the
+        # model's names.
+        self._final_hidden = getattr(lm, "final_hidden_states", None) or (
+            lambda input_ids: lm.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        )
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         hidden = self._final_hidden(input_ids)
         hidden = hidden[:, :-1].flatten(0, 1)
         targets = input_ids[:, 1:].flatten()
         return linear_cross_entropy(hidden, self.lm_head.weight, targets, self.chunk_tokens)
-
-
-def _final_hidden_of(lm: nn.Module):
-    """input_ids -> the final hidden states the LM head reads (aggregated over the streams at P > 1)."""
-    if isinstance(lm, ParScaleForCausalLM) and lm.config.parscale_n > 1:
-        def streams(input_ids):
-            lm._route_attention()  # as its forward does: the backbone's layers call the prefixed attention
-            return lm._stream_forward(input_ids, None, None, attention_mask=None, position_ids=None,
-                                      use_cache=False).last_hidden_state
-        return streams
-    return lambda input_ids: lm.model(input_ids=input_ids, use_cache=False).last_hidden_state
