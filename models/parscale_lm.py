@@ -107,10 +107,23 @@ class ParScalePreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True
 
     def _init_weights(self, module):
+        self._init_prefixes(module)
+        self.model._init_weights(module)  # the backbone's own rules, the aggregator's Linear layers included
+
+    def _init_prefixes(self, module):
         if getattr(module, "prefix_k", None) is not None:
             init.normal_(module.prefix_k, mean=0.0, std=self.config.parscale_prefix_init_std)
             init.normal_(module.prefix_v, mean=0.0, std=self.config.parscale_prefix_init_std)
-        self.model._init_weights(module)  # the backbone's own rules, the aggregator's Linear layers included
+
+    @torch.no_grad()
+    @init.guard_torch_init_functions()
+    def initialize_weights(self):
+        super().initialize_weights()
+        # transformers initialises a sub-model's modules with the sub-model's own _init_weights (its smart_apply),
+        # so the backbone's rules, which know nothing of the prefixes on its attention modules, would leave them
+        # as uninitialised memory. Prefixes loaded from a checkpoint are marked initialised and kept.
+        for layer in self.model.layers:
+            self._init_prefixes(layer.self_attn)
 
 
 class ParScaleForCausalLM(ParScaleParameters, ParScalePreTrainedModel, GenerationMixin):

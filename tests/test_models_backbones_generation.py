@@ -1,0 +1,41 @@
+"""ParScaleForCausalLM on backbones other than the released Qwen2 layout: what transformers' common model and
+generation tests (tests/transformers_common, docs/transformers-common-tests.md) found, kept as focused tests."""
+
+import pytest
+import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from models import ParScaleConfig, ParScaleForCausalLM
+
+PREFIX_STD = 0.02
+
+
+def tiny_qwen3():
+    return Qwen3Config(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=8, intermediate_size=37)  # fmt: skip
+
+
+def assert_prefixes_drawn_from_the_configured_normal(model):
+    for layer in model.model.layers:
+        for prefix in (layer.self_attn.prefix_k, layer.self_attn.prefix_v):
+            assert torch.isfinite(prefix).all()
+            assert prefix.std().item() == pytest.approx(PREFIX_STD, rel=0.25)
+
+
+def test_prefixes_are_initialised_though_the_backbone_initialises_its_own_modules(tmp_path):
+    # transformers initialises the backbone (a sub-model) with the backbone's own rules, which do not know the
+    # prefixes: they were left as uninitialised memory (values up to 1e33), and every output was NaN.
+    torch.manual_seed(0)
+    config = ParScaleConfig(backbone_config=tiny_qwen3(), parscale_n=2, parscale_n_tokens=16,
+                            parscale_prefix_init_std=PREFIX_STD)  # fmt: skip
+    assert_prefixes_drawn_from_the_configured_normal(ParScaleForCausalLM(config))
+
+    backbone = Qwen3ForCausalLM(tiny_qwen3())
+    backbone.save_pretrained(tmp_path / "backbone")
+    model = ParScaleForCausalLM.from_backbone(tmp_path / "backbone", parscale_n=2, parscale_n_tokens=16)
+    assert_prefixes_drawn_from_the_configured_normal(model)
+    assert torch.equal(model.model.layers[1].mlp.up_proj.weight, backbone.model.layers[1].mlp.up_proj.weight)
+
+    model.save_pretrained(tmp_path / "parscale")
+    reloaded = ParScaleForCausalLM.from_pretrained(tmp_path / "parscale")
+    assert torch.equal(reloaded.model.layers[1].self_attn.prefix_v, model.model.layers[1].self_attn.prefix_v)
