@@ -71,10 +71,11 @@ def register_stream_attention():
         ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[implementation])
 
 
-def _repeat_rows(tensor: torch.Tensor | None, n_streams: int) -> torch.Tensor | None:
+def _repeat_rows(tensor: torch.Tensor | None, n_streams: int, batch_size: int) -> torch.Tensor | None:
     """A per-row input of the caller's B rows (mask, position ids) for the B*P batch-major rows; one that
-    broadcasts over the batch (first dimension 1) stays as it is."""
-    if tensor is None or tensor.shape[0] == 1:
+    broadcasts over a batch of several rows (first dimension 1 < B) stays as it is. With B = 1 the input is
+    repeated too: transformers' masks index a 2D padding mask by row, so it needs all B*P rows."""
+    if tensor is None or tensor.shape[0] != batch_size:
         return tensor
     return tensor.repeat_interleave(n_streams, dim=0)
 
@@ -220,16 +221,17 @@ class ParScaleForCausalLM(ParScaleParameters, ParScalePreTrainedModel, Generatio
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
             inputs_embeds = self.model.get_input_embeddings()(input_ids)
+        batch_size = inputs_embeds.shape[0]
         if use_cache is not False and cache is None and self.config.backbone_config.use_cache:
             cache = DynamicCache(config=self.config.backbone_config)
         if isinstance(attention_mask, dict):  # prepared by generate() for a static cache, for the B input rows
-            attention_mask = {kind: _repeat_rows(mask, n_streams) for kind, mask in attention_mask.items()}
+            attention_mask = {kind: _repeat_rows(mask, n_streams, batch_size) for kind, mask in attention_mask.items()}
         else:
-            attention_mask = _repeat_rows(attention_mask, n_streams)
+            attention_mask = _repeat_rows(attention_mask, n_streams, batch_size)
         outputs = self.model(
             inputs_embeds=inputs_embeds.repeat_interleave(n_streams, dim=0),
             attention_mask=attention_mask,
-            position_ids=_repeat_rows(position_ids, n_streams),
+            position_ids=_repeat_rows(position_ids, n_streams, batch_size),
             cache=None if cache is None else StreamFoldedCache(cache, n_streams),
             use_cache=use_cache,
             **kwargs,

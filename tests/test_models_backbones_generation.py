@@ -39,3 +39,21 @@ def test_prefixes_are_initialised_though_the_backbone_initialises_its_own_module
     model.save_pretrained(tmp_path / "parscale")
     reloaded = ParScaleForCausalLM.from_pretrained(tmp_path / "parscale")
     assert torch.equal(reloaded.model.layers[1].self_attn.prefix_v, model.model.layers[1].self_attn.prefix_v)
+
+
+def test_one_row_with_a_padding_mask_is_computed_as_in_a_batch():
+    # A 2D mask of one row was taken for one that broadcasts over the batch and not repeated for the P streams:
+    # transformers' mask functions index it by row and failed (IndexError) on the second stream's row, e.g. in
+    # assisted and prompt-lookup decoding, which run one row.
+    torch.manual_seed(0)
+    config = ParScaleConfig(backbone_config=tiny_qwen3(), parscale_n=2, parscale_n_tokens=3)
+    model = ParScaleForCausalLM(config).eval()
+    input_ids = torch.randint(3, 99, (2, 6))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, :2] = 0
+    with torch.no_grad():
+        in_batch = model(input_ids, attention_mask=attention_mask).logits[0]
+        alone = model(input_ids[:1], attention_mask=attention_mask[:1]).logits[0]
+        generated = model.generate(input_ids[:1], attention_mask=attention_mask[:1], max_new_tokens=3, do_sample=False)
+    torch.testing.assert_close(alone[2:], in_batch[2:], rtol=1e-5, atol=1e-5)
+    assert generated.shape == (1, 9)
