@@ -36,6 +36,8 @@ from .parscale_parameters import ParScaleParameters, is_parscale_parameter, new_
 from .stream_cache import StreamFoldedCache
 
 STREAM_ATTENTION = "parscale_"
+# from_pretrained's options that say where a checkpoint's config.json is found.
+HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
 def _prepend_per_row_stream(prefix: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
@@ -267,6 +269,18 @@ class ParScaleForCausalLM(ParScaleParameters, ParScalePreTrainedModel, Generatio
             return None
         real = attention[..., self.config.parscale_n_tokens :]
         return real.unflatten(0, (-1, self.config.parscale_n)).mean(dim=1)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        """transformers' from_pretrained; a checkpoint of a backbone itself (a decoder's own config, no ParScale
+        fields) loads as that backbone at P = 1 (`from_backbone` adds streams). Without this, transformers would
+        read the backbone's config.json as a ParScaleConfig around the default backbone, billions of parameters."""
+        if config is None and pretrained_model_name_or_path is not None:
+            hub_options = {name: kwargs[name] for name in HUB_OPTIONS if name in kwargs}
+            found = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_options)
+            if not hasattr(found, "parscale_n"):
+                config = ParScaleConfig(backbone_config=found.to_dict())
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
 
     @classmethod
     def from_backbone(cls, source, parscale_n: int, **parscale_fields) -> "ParScaleForCausalLM":

@@ -57,3 +57,17 @@ def test_one_row_with_a_padding_mask_is_computed_as_in_a_batch():
         generated = model.generate(input_ids[:1], attention_mask=attention_mask[:1], max_new_tokens=3, do_sample=False)
     torch.testing.assert_close(alone[2:], in_batch[2:], rtol=1e-5, atol=1e-5)
     assert generated.shape == (1, 9)
+
+
+def test_a_backbone_checkpoint_loads_as_the_backbone_at_one_stream(tmp_path):
+    # Its config.json was read as a ParScaleConfig around the default backbone (a Qwen2 of billions of
+    # parameters: transformers' test_correct_missing_keys ran the machine out of memory).
+    torch.manual_seed(0)
+    backbone = Qwen3ForCausalLM(tiny_qwen3()).eval()
+    backbone.save_pretrained(tmp_path)
+    model, info = ParScaleForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert (model.config.parscale_n, model.config.backbone_config.hidden_size) == (1, 32)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    input_ids = torch.randint(3, 99, (2, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids).logits, backbone(input_ids).logits)
