@@ -17,6 +17,7 @@ Qwen2-backed one.
 
 import os
 import sys
+from typing import Unpack
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.llama.modeling_llama import eager_attention_forward as plain_eager_attention
+from transformers.utils import TransformersKwargs
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
@@ -194,7 +196,7 @@ class ParScaleForCausalLM(ParScaleParameters, ParScalePreTrainedModel, Generatio
         labels=None,
         use_cache=None,
         logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],  # as the backbones declare them: output_attentions, ...
     ) -> CausalLMOutputWithPast:
         self._route_attention()
         inputs = {"attention_mask": attention_mask, "position_ids": position_ids, "use_cache": use_cache}

@@ -1,6 +1,8 @@
 """ParScaleForCausalLM on backbones other than the released Qwen2 layout: what transformers' common model and
 generation tests (tests/transformers_common, docs/transformers-common-tests.md) found, kept as focused tests."""
 
+import inspect
+
 import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -71,3 +73,10 @@ def test_a_backbone_checkpoint_loads_as_the_backbone_at_one_stream(tmp_path):
     input_ids = torch.randint(3, 99, (2, 5))
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids).logits, backbone(input_ids).logits)
+
+
+def test_forward_declares_the_keyword_arguments_of_transformers_models():
+    # transformers' common tests read from this annotation whether a model can return attentions; without it
+    # they skipped ParScaleForCausalLM's eager-versus-sdpa comparison with attentions.
+    keywords = inspect.signature(ParScaleForCausalLM.forward).parameters["kwargs"].annotation.__args__[0]
+    assert {"output_attentions", "output_hidden_states"} <= set(keywords.__annotations__)
