@@ -34,10 +34,13 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.train_throughput
 	$(PY) -m benchmarks.data_path
 
-# transformers' own common model tests on Qwen2 and the ParScale model at P = 1 and 2 (a few minutes on
-# one core; downloads the installed transformers' source distribution once): writes transformers-common-tests.md.
+# transformers' own common model tests on stock Qwen2 and Qwen3 and the ParScale models on them (several minutes
+# on one core; downloads the installed transformers' source distribution once): writes transformers-common-tests.md.
+# TRANSFORMERS_GIT=<git directory of transformers' repository> [TRANSFORMERS_REF=<commit or tag>]: the generation
+# tests are then upstream's, read from that repository (default ref: the installed version's tag).
 transformers-tests: $(STAMP)
-	$(PY) tests/transformers_common/run.py --report transformers-common-tests.md
+	$(PY) tests/transformers_common/run.py --report transformers-common-tests.md \
+		$(if $(TRANSFORMERS_GIT),--transformers-git $(TRANSFORMERS_GIT)) $(if $(TRANSFORMERS_REF),--ref $(TRANSFORMERS_REF))
 
 clean:
 	rm -rf $(VENV) build *.egg-info

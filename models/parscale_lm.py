@@ -17,6 +17,7 @@ Qwen2-backed one.
 
 import os
 import sys
+from typing import Unpack
 
 import torch
 from torch import nn
@@ -28,6 +29,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from transformers.models.llama.modeling_llama import eager_attention_forward as plain_eager_attention
+from transformers.utils import TransformersKwargs
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
@@ -38,6 +40,8 @@ from .stream_cache import StreamFoldedCache
 from .streams import mix_streams, per_row_attentions, prepend_per_stream, repeat_for_streams, stream_weights
 
 STREAM_ATTENTION = "parscale_"
+# from_pretrained's options that say where a checkpoint's config.json is found.
+HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
 def _stream_attention(implementation: str):
@@ -124,13 +128,11 @@ class ParScalePreTrainedModel(PreTrainedModel):
             self._init_prefixes(layer.self_attn)
 
     def _init_weights(self, module):
-        if getattr(module, "prefix_k", None) is not None:
-            self._init_prefixes(module)
-        else:  # the head, or a new aggregator's Linear layers: the backbone's rules
-            self.model._init_weights(module)
+        self._init_prefixes(module)
+        self.model._init_weights(module)  # the backbone's own rules, the aggregator's Linear layers included
 
     def _init_prefixes(self, attention: nn.Module):
-        if attention.prefix_k is not None:
+        if getattr(attention, "prefix_k", None) is not None:
             init.normal_(attention.prefix_k, mean=0.0, std=self.config.parscale_prefix_init_std)
             init.normal_(attention.prefix_v, mean=0.0, std=self.config.parscale_prefix_init_std)
 
@@ -203,7 +205,7 @@ class ParScaleForCausalLM(ParScaleParameters, ParScalePreTrainedModel, Generatio
         labels=None,
         use_cache=None,
         logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],  # as the backbones declare them: output_attentions, ...
     ) -> CausalLMOutputWithPast:
         self._route_attention()
         inputs = {"attention_mask": attention_mask, "position_ids": position_ids, "use_cache": use_cache}
@@ -241,9 +243,9 @@ class ParScaleForCausalLM(ParScaleParameters, ParScalePreTrainedModel, Generatio
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
             inputs_embeds = self.model.get_input_embeddings()(input_ids)
+        batch_size = inputs_embeds.shape[0]
         if use_cache is not False and cache is None and self.config.backbone_config.use_cache:
             cache = DynamicCache(config=self.config.backbone_config)
-        batch_size = inputs_embeds.shape[0]
         if isinstance(attention_mask, dict):  # prepared by generate() for a static cache, for the B input rows
             attention_mask = {key: repeat_for_streams(m, n_streams, batch_size) for key, m in attention_mask.items()}
         else:
@@ -267,6 +269,18 @@ class ParScaleForCausalLM(ParScaleParameters, ParScalePreTrainedModel, Generatio
         if outputs.attentions is not None:
             outputs.attentions = tuple(per_row_attentions(each, n_streams, n_prefix) for each in outputs.attentions)
         return outputs
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        """transformers' from_pretrained; a checkpoint of a backbone itself (a decoder's own config, no ParScale
+        fields) loads as that backbone at P = 1 (`from_backbone` adds streams). Without this, transformers would
+        read the backbone's config.json as a ParScaleConfig around the default backbone, billions of parameters."""
+        if config is None and pretrained_model_name_or_path is not None:
+            hub_options = {name: kwargs[name] for name in HUB_OPTIONS if name in kwargs}
+            found = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_options)
+            if not hasattr(found, "parscale_n"):
+                config = ParScaleConfig(backbone_config=found.to_dict())
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
 
     @classmethod
     def from_backbone(cls, source, parscale_n: int, **parscale_fields) -> "ParScaleForCausalLM":

@@ -19,7 +19,7 @@ class GenerationTesterMixin:
     def generation_inputs(self, batch_size=2):
         """A config whose generation never stops early, and the first `batch_size` rows of the common inputs."""
         config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
-        config.eos_token_id = None
+        config.get_text_config(decoder=True).eos_token_id = None
         inputs = {name: tensor[:batch_size] for name, tensor in inputs.items()}
         return config, inputs
 
@@ -43,7 +43,8 @@ class GenerationTesterMixin:
 
     def check_outputs_per_row(self, output, model, inputs, rows, use_cache):
         """Scores, logits, attentions and hidden states of generate(): one row per returned sequence."""
-        config, (_, length) = model.config, inputs["input_ids"].shape
+        # The decoder's own config: a ParScaleConfig keeps the sizes in its backbone_config.
+        config, (_, length) = model.config.get_text_config(decoder=True), inputs["input_ids"].shape
         new_tokens = output.sequences.shape[1] - length
         self.assertEqual(len(output.scores), new_tokens)
         self.assertEqual(len(output.logits), new_tokens)
@@ -126,7 +127,7 @@ class GenerationTesterMixin:
     def test_left_padding_compatibility(self):
         for model, inputs in self.generative_models():
             input_ids = inputs["input_ids"]
-            pad = torch.full((input_ids.shape[0], 3), model.config.pad_token_id, device=torch_device)
+            pad = torch.full((input_ids.shape[0], 3), model.config.get_text_config().pad_token_id, device=torch_device)
             mask = torch.ones_like(input_ids)
             padded_mask = torch.cat([torch.zeros_like(pad), mask], dim=1)
             with torch.no_grad():
@@ -156,18 +157,23 @@ class GenerationTesterMixin:
             )
             self.assertTrue(torch.equal(at_once, continued))
 
+    def _get_attention_shape(self, batch_size, seq_length, config):
+        """The keys' and values' shapes in the cache (the hook of the same name upstream: a model whose cache is
+        laid out otherwise declares its layout by overriding it)."""
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        shape = (batch_size, config.num_key_value_heads, seq_length, head_dim)
+        return shape, shape
+
     def test_past_key_values_format(self):
         for model, inputs in self.generative_models():
             with torch.no_grad():
                 cache = model(**inputs, use_cache=True).cache
-            config = model.config
-            head_dim = config.hidden_size // config.num_attention_heads
-            expected = (*inputs["input_ids"].shape[:1], config.num_key_value_heads,
-                        inputs["input_ids"].shape[1], head_dim)
+            config = model.config.get_text_config(decoder=True)
+            key_shape, value_shape = self._get_attention_shape(*inputs["input_ids"].shape, config)
             self.assertEqual(len(cache.layers), config.num_hidden_layers)
             for layer in cache.layers:
-                self.assertEqual(layer.keys.shape, expected)
-                self.assertEqual(layer.values.shape, expected)
+                self.assertEqual(layer.keys.shape, key_shape)
+                self.assertEqual(layer.values.shape, value_shape)
 
     def test_generate_with_static_cache(self):
         for model, inputs in self.generative_models():
