@@ -30,7 +30,7 @@ import os
 
 import torch
 from torch import nn
-from transformers import AutoConfig
+from transformers import AutoConfig, GenerationMixin
 from transformers import initialization as init
 from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
@@ -196,7 +196,7 @@ class Qwen2ParScaleModel(Qwen2ParScalePreTrainedModel, Qwen2Model):
                               self.config.parscale_attn_smooth)  # fmt: skip
 
 
-class Qwen2ParScaleForCausalLM(ParScaleParameters, Qwen2ParScalePreTrainedModel, Qwen2ForCausalLM):
+class Qwen2ParScaleForCausalLM(ParScaleParameters, Qwen2ParScalePreTrainedModel, Qwen2ForCausalLM, GenerationMixin):
     """Qwen2ForCausalLM over a Qwen2ParScaleModel; forward (loss, logits) and generation are Qwen2's.
 
     Beyond that: `from_qwen2` adds streams to a Qwen2 model, `freeze_backbone` trains only the ParScale

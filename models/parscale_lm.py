@@ -5,7 +5,8 @@ its own forward pass; ParScale adds, at P > 1 only:
   - the input repeated P times, batch-major (row = b * P + stream);
   - per-layer key/value prefixes, attached to each attention module and shown by a registered attention
     implementation "parscale_<impl>" (sdpa, eager, flash) that prepends them after the rotary embedding and
-    the cache update, then calls the backbone's own attention function of <impl> (models/attention.py);
+    the cache update, then calls the backbone's own attention function of <impl> (models/attention.py); the
+    attention modules alone see that name (`StreamAttentionConfig`), the rest of the backbone its own;
   - the KV cache kept with the caller's batch, the streams folded into the head axis (models/stream_cache.py);
   - the aggregator before the head, as in the released checkpoints (models/parscale_parameters.py).
 With P = 1 none of this exists and the forward pass is the backbone's model and head.
@@ -69,6 +70,29 @@ def register_stream_attention():
         name = STREAM_ATTENTION + implementation
         ALL_ATTENTION_FUNCTIONS.register(name, _stream_attention(implementation))
         ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[implementation])
+
+
+class StreamAttentionConfig:
+    """The backbone's config as its attention modules see it at P > 1: the same object in every field but
+    `_attn_implementation`, which names the stream function "parscale_<impl>" of the backbone's current <impl>.
+    The backbone itself keeps the plain name, so its masks, `set_attn_implementation` and transformers' own
+    checks (attention probabilities need "eager") see the implementation the user chose."""
+
+    def __init__(self, backbone_config):
+        self.__dict__["backbone_config"] = backbone_config
+
+    def __getattr__(self, name):
+        if name == "backbone_config":  # not set yet (while copying): no recursion
+            raise AttributeError(name)
+        return getattr(self.backbone_config, name)
+
+    @property
+    def _attn_implementation(self) -> str:
+        return STREAM_ATTENTION + (self.backbone_config._attn_implementation or "eager")
+
+    @_attn_implementation.setter
+    def _attn_implementation(self, value: str):
+        self.backbone_config._attn_implementation = value.removeprefix(STREAM_ATTENTION)
 
 
 def build_backbone(backbone_config) -> PreTrainedModel:
@@ -164,22 +188,12 @@ class ParScaleForCausalLM(ParScaleParameters, ParScalePreTrainedModel, Generatio
         attentions = [layer.self_attn for layer in self.model.layers]
         for attention in attentions:
             attach_prefixes(attention, parscale_n, parscale_n_tokens, kv_heads, attention.head_dim)
+            attention.config = backbone if parscale_n == 1 else StreamAttentionConfig(backbone)
         self.model.aggregate_layer = None
         if parscale_n > 1:
             like = self.model.get_input_embeddings().weight
             self.model.aggregate_layer = new_aggregator(backbone.hidden_size, parscale_n, like)
-        self._route_attention()
         return attentions + list(self.model.aggregate_layer or [])
-
-    def _route_attention(self):
-        """At P > 1 the backbone's layers call "parscale_<impl>"; at P = 1 their own <impl>. Checked at every
-        forward pass too, because transformers' set_attn_implementation resets the backbone's config."""
-        backbone = self.config.backbone_config
-        implementation = backbone._attn_implementation or "eager"
-        plain = implementation.removeprefix(STREAM_ATTENTION)
-        wanted = STREAM_ATTENTION + plain if self.config.parscale_n > 1 else plain
-        if implementation != wanted:
-            backbone._attn_implementation = wanted
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
@@ -207,7 +221,6 @@ class ParScaleForCausalLM(ParScaleParameters, ParScalePreTrainedModel, Generatio
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Unpack[TransformersKwargs],  # as the backbones declare them: output_attentions, ...
     ) -> CausalLMOutputWithPast:
-        self._route_attention()
         inputs = {"attention_mask": attention_mask, "position_ids": position_ids, "use_cache": use_cache}
         if self.config.parscale_n == 1:
             outputs = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, cache=cache, **inputs, **kwargs)
@@ -230,7 +243,6 @@ class ParScaleForCausalLM(ParScaleParameters, ParScalePreTrainedModel, Generatio
     def final_hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The final hidden states the head reads (aggregated over the streams), without a cache: for a training
         loss that applies the head itself (sweeps/run/loss.py)."""
-        self._route_attention()
         if self.config.parscale_n == 1:
             return self.model(input_ids=input_ids, use_cache=False).last_hidden_state
         outputs = self._stream_forward(input_ids, None, None, attention_mask=None, position_ids=None, use_cache=False)

@@ -51,14 +51,15 @@ class DecoderModelTester:
 
 
 class ParScaleGenerationHooks:
-    """Mixed into the ParScaleForCausalLM test classes (before the mixins): the two places where transformers'
+    """Mixed into the ParScale test classes at P = 2 (before the mixins): the two places where transformers'
     generation tests ask a model to declare how it differs, answered for ParScale.
 
     - The KV cache holds the caller's batch with the P streams folded into the head axis: (B, P * kv_heads, S, d)
       (models/stream_cache.py). Upstream's own test classes declare other layouts (DeepSeek's latent cache) the
       same way, through `_get_attention_shape`; the batch checked stays the caller's.
     - The output checks read the decoder's sizes from `config.text_config`; a ParScaleConfig keeps them in
-      `backbone_config` (its get_text_config()), so they are handed that config.
+      `backbone_config` (its get_text_config()), so they are handed that config (a flat Qwen2ParScaleConfig is
+      its own).
     """
 
     def _get_attention_shape(self, batch_size, seq_length, config):

@@ -53,7 +53,7 @@ class ParScaleP1Test(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase)
         self.model_tester = DecoderModelTester(self, partial(Qwen2ParScaleConfig, parscale_n=1))
 
 
-class ParScaleP2Test(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase):
+class ParScaleP2Test(ParScaleGenerationHooks, ModelTesterMixin, GenerationTesterMixin, unittest.TestCase):
     """The released layout with two streams and a 3-token prefix per stream."""
 
     test_can_init_all_missing_weights_before_2023 = True
