@@ -147,7 +147,8 @@ def decode_seconds(model, prompt, new_tokens) -> tuple[float, int]:
     return seconds, cache_bytes
 
 
-def benchmark_shape(shape: Shape, parscale_ns, repeats: int, baseline=None, wrapped=False) -> list[dict]:
+def benchmark_shape(shape: Shape, parscale_ns, repeats: int, baseline=None, wrapped=False,
+                    decode=True) -> list[dict]:
     models = build_models(shape, parscale_ns, baseline, wrapped)
     input_ids = torch.randint(0, 256, (shape.train_batch, shape.train_length))
     prompt = torch.randint(0, 256, (1, shape.prompt_length))
@@ -157,7 +158,8 @@ def benchmark_shape(shape: Shape, parscale_ns, repeats: int, baseline=None, wrap
     for round_index in range(repeats + 1):  # round 0 warms up
         for name, model in models.items():
             train_seconds = train_step_seconds(model, input_ids)
-            generate_seconds, cache_bytes[name] = decode_seconds(model, prompt, shape.new_tokens)
+            generate_seconds, cache_bytes[name] = decode_seconds(model, prompt, shape.new_tokens) if decode \
+                else (float("nan"), 0)
             if round_index > 0:
                 train_times[name].append(train_seconds)
                 decode_times[name].append(generate_seconds)
@@ -216,6 +218,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--baseline", metavar="REV", help="also time ParScale as git revision REV builds it")
     parser.add_argument("--wrapped", action="store_true", help="also time ParScaleForCausalLM around Qwen2")
+    parser.add_argument("--no-decoding", action="store_true", help="time training steps only (more rounds fit)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if 1 not in args.parscale_n:
@@ -225,7 +228,7 @@ def main(argv=None):
     baseline = (args.baseline, load_baseline(args.baseline)) if args.baseline else None
     rows = []
     for shape in DEFAULT_SHAPES:
-        rows += benchmark_shape(shape, args.parscale_n, args.repeats, baseline, args.wrapped)
+        rows += benchmark_shape(shape, args.parscale_n, args.repeats, baseline, args.wrapped, not args.no_decoding)
     print(format_table(rows))
     if args.wrapped:
         print(wrapped_ratios(rows))
