@@ -19,7 +19,7 @@ work as in Qwen2; the prefix is prepended again at each step.
 
 Everything the model returns has the caller's B rows: `last_hidden_state` is the aggregated state,
 per-layer hidden states are the streams mixed with the aggregator's own per-token weights (so the last is
-`last_hidden_state`), and attentions are the streams' mean over the real tokens (`per_row_attentions`).
+`last_hidden_state`), and attentions are the streams' mean over the real tokens (models/streams.py: `report_per_row`).
 
 `models/parscale_lm.py` is the same model on any decoder backbone. Parameter names follow the released
 checkpoints: Qwen2's, plus `model.layers.{i}.self_attn.prefix_{k,v}`
@@ -55,7 +55,7 @@ from .attention import Qwen2ParScaleAttention
 from .configuration_parscale import Qwen2ParScaleConfig
 from .parscale_parameters import ParScaleParameters, is_parscale_parameter, new_aggregator
 from .stream_cache import StreamFoldedCache
-from .streams import mix_streams, per_row_attentions, repeat_for_streams, stream_weights
+from .streams import repeat_for_streams, report_per_row, stream_weights
 
 
 class Qwen2ParScaleDecoderLayer(Qwen2DecoderLayer):
@@ -157,20 +157,9 @@ class Qwen2ParScaleModel(Qwen2ParScalePreTrainedModel, Qwen2Model):
             **kwargs,
             return_dict=True,
         )
-        outputs.cache = cache if outputs.cache is not None else None
-        # Output aggregation, and the other outputs reported per input row (see `per_row_attentions`).
-        weights = self.stream_weights(outputs.last_hidden_state)
-        outputs.last_hidden_state = mix_streams(outputs.last_hidden_state, weights)
-        if outputs.hidden_states is not None:  # entries are None where output_hidden_states selects layers
-            outputs.hidden_states = tuple(
-                None if states is None else mix_streams(states, weights) for states in outputs.hidden_states
-            )
-        if outputs.attentions is not None:
-            outputs.attentions = tuple(
-                per_row_attentions(attention, n_streams, self.config.parscale_n_tokens)
-                for attention in outputs.attentions
-            )
-        return outputs
+        # Output aggregation, and the other outputs reported per input row.
+        return report_per_row(outputs, cache, self.aggregate_layer, n_streams, self.config.parscale_attn_smooth,
+                              self.config.parscale_n_tokens)  # fmt: skip
 
     def _real_token_masks(self, inputs_embeds, attention_mask, cache, position_ids, batch_size) -> dict:
         """The attention masks over the real tokens for the B*P rows, per layer type, as transformers builds

@@ -38,7 +38,7 @@ from .attention import attach_prefixes, attend_after_prefix
 from .configuration_parscale import ParScaleConfig
 from .parscale_parameters import ParScaleParameters, is_parscale_parameter, new_aggregator
 from .stream_cache import StreamFoldedCache
-from .streams import mix_streams, per_row_attentions, prepend_per_stream, repeat_for_streams, stream_weights
+from .streams import prepend_per_stream, repeat_for_streams, report_per_row
 
 STREAM_ATTENTION = "parscale_"
 # from_pretrained's options that say where a checkpoint's config.json is found.
@@ -270,17 +270,8 @@ class ParScaleForCausalLM(ParScaleParameters, ParScalePreTrainedModel, Generatio
             use_cache=use_cache,
             **kwargs,
         )
-        smoothing, n_prefix = self.config.parscale_attn_smooth, self.config.parscale_n_tokens
-        weights = stream_weights(outputs.last_hidden_state, self.model.aggregate_layer, n_streams, smoothing)
-        outputs.last_hidden_state = mix_streams(outputs.last_hidden_state, weights)
-        outputs.cache = cache if outputs.cache is not None else None
-        if outputs.hidden_states is not None:
-            outputs.hidden_states = tuple(
-                None if states is None else mix_streams(states, weights) for states in outputs.hidden_states
-            )
-        if outputs.attentions is not None:
-            outputs.attentions = tuple(per_row_attentions(each, n_streams, n_prefix) for each in outputs.attentions)
-        return outputs
+        return report_per_row(outputs, cache, self.model.aggregate_layer, n_streams, self.config.parscale_attn_smooth,
+                              self.config.parscale_n_tokens)  # fmt: skip
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):

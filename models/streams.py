@@ -46,4 +46,22 @@ def per_row_attentions(attention: torch.Tensor | None, n_streams: int, n_prefix:
     return attention[..., n_prefix:].unflatten(0, (-1, n_streams)).mean(dim=1)
 
 
-__all__ = ["mix_streams", "per_row_attentions", "prepend_per_stream", "repeat_for_streams", "stream_weights"]
+def report_per_row(outputs, cache, aggregator: nn.Module, n_streams: int, smoothing: float, n_prefix: int):
+    """A backbone's outputs over the B * P rows, in place, as the caller's B rows: the final states aggregated, the
+    per-layer hidden states mixed with the same weights, attentions averaged over the streams, and the caller's
+    `cache` in place of the folded view the layers used."""
+    weights = stream_weights(outputs.last_hidden_state, aggregator, n_streams, smoothing)
+    outputs.last_hidden_state = mix_streams(outputs.last_hidden_state, weights)
+    outputs.cache = cache if outputs.cache is not None else None
+    if outputs.hidden_states is not None:  # entries are None where output_hidden_states selects layers
+        outputs.hidden_states = tuple(
+            None if states is None else mix_streams(states, weights) for states in outputs.hidden_states
+        )
+    if outputs.attentions is not None:
+        outputs.attentions = tuple(per_row_attentions(each, n_streams, n_prefix) for each in outputs.attentions)
+    return outputs
+
+
+__all__ = [
+    "mix_streams", "per_row_attentions", "prepend_per_stream", "repeat_for_streams", "report_per_row", "stream_weights",
+]  # fmt: skip
